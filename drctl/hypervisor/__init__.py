@@ -1,0 +1,123 @@
+"""Hypervisor seam: what drctl needs from one host's hypervisor (libvirt in production,
+simulated hosts in the simulator). Both adapters pass
+`tests/contract/test_hypervisor_contract.py`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Protocol
+
+
+class DomainState(str, Enum):
+    RUNNING = "running"
+    PAUSED = "paused"
+    SHUTOFF = "shutoff"
+    CRASHED = "crashed"
+    OTHER = "other"
+
+
+@dataclass(frozen=True)
+class DomainInfo:
+    name: str
+    uuid: str
+    state: DomainState
+    memory_mib: int
+    vcpus: int
+    persistent: bool = True
+
+
+@dataclass(frozen=True)
+class HostCapacity:
+    memory_total_mib: int
+    memory_free_mib: int  # over all NUMA cells
+    cpus: int
+    cpu_model: str
+    hostname: str
+
+
+@dataclass(frozen=True)
+class MigrationParams:
+    """What one migration may use. Zero/None means the hypervisor default."""
+
+    bandwidth_mibs: int = 0
+    max_downtime_ms: int = 0
+    copy_storage: bool = False  # VM on host-local disks: copy them too
+    disks: tuple[str, ...] = ()  # with copy_storage: only these targets (default all)
+    auto_converge: bool = False
+    postcopy: bool = False  # allow switching to post-copy
+    postcopy_bandwidth_mibs: int = 0
+    auto_converge_initial_pct: int = 30
+    auto_converge_step_pct: int = 20
+
+
+@dataclass(frozen=True)
+class JobStats:
+    """Migration job statistics, normalised from libvirt's typed parameters."""
+
+    active: bool
+    elapsed_ms: int = 0
+    downtime_ms: int | None = None
+    data_total: int = 0  # bytes
+    data_processed: int = 0
+    data_remaining: int = 0
+    memory_total: int = 0
+    memory_processed: int = 0
+    memory_remaining: int = 0
+    memory_dirty_rate: int = 0  # pages/s
+    memory_iteration: int = 0
+    memory_bps: int = 0  # bytes/s throughput
+    disk_total: int = 0
+    disk_processed: int = 0
+    disk_remaining: int = 0
+    raw: dict[str, object] = field(default_factory=dict)
+
+
+class Hypervisor(Protocol):
+    """One connection to one host."""
+
+    uri: str
+
+    def hostname(self) -> str: ...
+
+    def capacity(self) -> HostCapacity: ...
+
+    def list_domains(self) -> list[DomainInfo]: ...
+
+    def domain(self, name: str) -> DomainInfo:
+        """Raises NoSuchDomain."""
+
+    def domain_xml(self, name: str) -> str: ...
+
+    def define(self, xml: str) -> DomainInfo: ...
+
+    def start(self, name: str) -> None: ...
+
+    def destroy(self, name: str) -> None:
+        """Hard stop; no error if already stopped."""
+
+    def undefine(self, name: str) -> None: ...
+
+    def migrate(self, name: str, dest_uri: str, params: MigrationParams) -> None:
+        """Live, peer-to-peer, persisted on the destination, undefined on the source.
+
+        Blocks until done. Raises MigrationFailed / MigrationAborted / HostUnreachable /
+        InsufficientResources ...; the VM keeps running on the source when it raises.
+        """
+
+    def job_stats(self, name: str) -> JobStats:
+        """In-flight statistics of the domain's current job (on the source)."""
+
+    def completed_job_stats(self, name: str) -> JobStats:
+        """Statistics of the last completed migration (read on the destination)."""
+
+    def abort_job(self, name: str) -> None: ...
+
+    def start_postcopy(self, name: str) -> None: ...
+
+    def set_max_downtime(self, name: str, ms: int) -> None: ...
+
+    def compare_cpu(self, cpu_xml: str) -> bool:
+        """True if a VM with this <cpu> element can run here."""
+
+    def close(self) -> None: ...
