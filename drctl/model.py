@@ -111,9 +111,14 @@ class HostSelector:
 
     names: tuple[str, ...] = ()  # globs; any may match
     labels: Mapping[str, str] = field(default_factory=dict)  # all must match
+    # hosts matching `exclude` never match: lets a policy say "must not run on X"
+    # (HostAffinity(vms, HostSelector(exclude=X))) and "every host but the spares".
+    exclude: HostSelector | None = None
 
     def matches(self, host: Host) -> bool:
         if self.names and not any(fnmatch.fnmatchcase(host.name, g) for g in self.names):
+            return False
+        if self.exclude is not None and self.exclude.matches(host):
             return False
         return all(host.labels.get(k) == v for k, v in self.labels.items())
 
