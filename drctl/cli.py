@@ -27,6 +27,7 @@ def _register() -> None:
 
     cli.add_command(lab.lab)
     # further areas register below, one line each
+    from drctl.commands import policy_cmd; cli.add_command(policy_cmd.policy)  # noqa: E702
 
 
 _register()
