@@ -60,10 +60,12 @@ def resolve_host_rules(rules: Iterable[HostRule]) -> tuple[tuple[HostAffinity, .
         clash = next((k for k in kept if _contradict(k, rule)), None)
         if clash is None:
             kept.append(rule)
+            continue
+        if clash.kind == rule.kind == "must":
+            why = f"'must' hosts cannot overlap with the 'must' hosts of {clash.path} for the same VMs"
         else:
-            drops.append(dropped(rule.node, rule.path,
-                                 f"'{rule.kind}' contradicts '{clash.kind}' in {clash.path} for the same VMs; "
-                                 f"the earlier rule wins"))
+            why = f"'{rule.kind}' contradicts '{clash.kind}' of {clash.path} for the same VMs and hosts"
+        drops.append(dropped(rule.node, rule.path, f"{why}; the earlier rule wins"))
     return tuple(_compile_host_rule(k) for k in kept), drops
 
 
