@@ -168,6 +168,9 @@ class Reader:
 def compose(text: str, reader: Reader) -> yaml.Node | None:
     """Compose YAML into nodes, turning every parser failure into a reported problem."""
     try:
+        if _too_deep(text):
+            reader.problems.append(Problem(reader.filename, 1, 1, "", f"invalid YAML: nested more than {MAX_DEPTH} levels deep"))
+            return None
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
@@ -182,6 +185,22 @@ def compose(text: str, reader: Reader) -> yaml.Node | None:
         reader.problems.append(Problem(reader.filename, 1, 1, "", f"invalid YAML: {msg}"))
         return None
     return root if root is None else _check_plain(root, reader)
+
+
+MAX_DEPTH = 64  # a policy needs about 6; PyYAML's composer recurses, and slowly fails deep down
+
+
+def _too_deep(text: str) -> bool:
+    """Check nesting on the event stream (PyYAML's parser is iterative) before composing."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_DEPTH:
+                return True
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
+    return False
 
 
 def _check_plain(root: yaml.Node, reader: Reader) -> yaml.Node | None:
