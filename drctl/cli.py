@@ -26,8 +26,14 @@ def _register() -> None:
     from drctl.commands import lab
 
     cli.add_command(lab.lab)
+    from drctl.commands import check
+
+    cli.add_command(check.check)
     # further areas register below, one line each
     from drctl.commands import policy_cmd; cli.add_command(policy_cmd.policy)  # noqa: E702
+    from drctl.commands import plan as plan_cmd; cli.add_command(plan_cmd.plan)  # noqa: E702
+    from drctl.commands import audit_cmd; cli.add_command(audit_cmd.audit)  # noqa: E702
+    from drctl.commands import postmortem_cmd as pm; cli.add_command(pm.postmortem); cli.add_command(pm.replay)  # noqa: E702
 
 
 _register()

@@ -79,6 +79,15 @@ def status(as_json: bool, **kw: object) -> int:
     return 0 if ok else 1
 
 
+@lab.command()
+@lab_options
+def demo(**kw: object) -> None:
+    """Bring a 3-host lab up, boot a guest, live-migrate it and print the statistics."""
+    from drctl.lab.demo import migration_demo
+
+    migration_demo(make_config(**kw), click.echo)  # type: ignore[arg-type]
+
+
 @lab.group()
 def vm() -> None:
     """Test guests in the lab."""
