@@ -6,9 +6,10 @@ revisions that only grow, so a watch can resume from `last_seen + 1`.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Callable, Protocol
+from typing import Protocol
 
 
 class EventKind(str, Enum):
@@ -48,19 +49,19 @@ class Compare:
     revision: int = 0
 
     @staticmethod
-    def absent(key: str) -> "Compare":
+    def absent(key: str) -> Compare:
         return Compare(key, "create", revision=0)
 
     @staticmethod
-    def created_at(key: str, revision: int) -> "Compare":
+    def created_at(key: str, revision: int) -> Compare:
         return Compare(key, "create", revision=revision)
 
     @staticmethod
-    def mod_at(key: str, revision: int) -> "Compare":
+    def mod_at(key: str, revision: int) -> Compare:
         return Compare(key, "mod", revision=revision)
 
     @staticmethod
-    def equals(key: str, value: bytes) -> "Compare":
+    def equals(key: str, value: bytes) -> Compare:
         return Compare(key, "value", value=value)
 
 
@@ -123,14 +124,34 @@ class Store(Protocol):
     def cas(self, key: str, expected_mod_revision: int, value: bytes, lease: int = 0) -> bool:
         """Compare-and-swap on the key's mod revision."""
 
-    def grant_lease(self, ttl: int, keepalive: bool = True) -> Lease:
-        """A lease; with keepalive a background thread refreshes it every ttl/3."""
+    def grant_lease(
+        self, ttl: int, keepalive: bool = True, on_lost: Callable[[], None] | None = None
+    ) -> Lease:
+        """A lease (TTL at least etcd's minimum, 2 s); with keepalive it is refreshed every
+        ttl/3 in the background.
 
-    def watch_prefix(self, prefix: str, callback: WatchCallback, start_revision: int | None = None) -> Watch:
-        """Call `callback` for every change under prefix from `start_revision` on.
+        `on_lost` is called once when the lease turns out to be gone: a refresh answered
+        TTL 0 (etcd after a partition heals), or no refresh succeeded for a whole TTL.
+        From then on `alive` is False and the holder must stop acting on it. Our own
+        `revoke` does not call it.
+        """
+
+    def watch_prefix(
+        self,
+        prefix: str,
+        callback: WatchCallback,
+        start_revision: int | None = None,
+        on_error: Callable[[Exception], None] | None = None,
+    ) -> Watch:
+        """Call `callback` for every change under prefix from `start_revision` on
+        (default: changes after now), in revision order.
 
         Survives disconnects: resumes from the last delivered revision + 1, so no event
-        is lost or repeated.
+        is lost or repeated. A start below etcd's compaction point raises WatchCompacted;
+        if that is only found out later (resuming after a long outage), the watch stops
+        and `on_error(WatchCompacted(...))` is called: re-list, then watch again.
+        Threads: etcd calls `callback` from the watch's own thread; memory calls it
+        synchronously (see drctl.store.memory).
         """
 
     def revision(self) -> int: ...
