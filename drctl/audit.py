@@ -49,6 +49,10 @@ class ChainedFile:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._prev = _last_hash(self.path)
         self._fh: IO[str] = open(self.path, "a", encoding="utf-8")
+        if _ends_mid_line(self.path):
+            # a crash cut the last line short: end it, so the next line is not glued onto it
+            # (the chain still holds: `_prev` is the hash of that cut line)
+            self._fh.write("\n")
 
     def write(self, event: dict[str, Any]) -> str:
         with self._lock:
@@ -79,10 +83,27 @@ def _last_hash(path: Path) -> str:
     """Resume a chain after a restart: hash of the file's last complete line."""
     if not path.exists() or path.stat().st_size == 0:
         return GENESIS
+    size = path.stat().st_size
     with open(path, "rb") as fh:
-        fh.seek(max(0, path.stat().st_size - 65536))
-        lines = [ln for ln in fh.read().split(b"\n") if ln.strip()]
+        # read back far enough to hold the whole last line (snapshot lines can be large)
+        back = 65536
+        while True:
+            fh.seek(max(0, size - back))
+            tail = fh.read()
+            lines = [ln for ln in tail.split(b"\n") if ln.strip()]
+            if back >= size or len(lines) > 1:
+                break
+            back *= 4
     return line_hash(lines[-1].decode(errors="replace")) if lines else GENESIS
+
+
+def _ends_mid_line(path: Path) -> bool:
+    size = path.stat().st_size
+    if size == 0:
+        return False
+    with open(path, "rb") as fh:
+        fh.seek(size - 1)
+        return fh.read(1) != b"\n"
 
 
 class AuditSink:

@@ -1,0 +1,115 @@
+"""Audit event names and the fields each must carry: the contract of the audit trail.
+
+Every component emits through `drctl.audit.emit(events.X, **fields)`; `drctl postmortem`,
+`drctl audit show` and `drctl replay` read these names back, so a renamed event or a
+missing id silently drops facts from a report. docs/audit.md explains each event at
+length; this module is the machine-readable copy (tests check the two agree).
+
+Fields every line has (added by drctl.audit): ts, component, level, event, prev.
+Ids that tie an incident together: incident, intent, vm, host, term, attempt.
+No event may use `prev` as a field: it is the hash-chain link.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+COMMON_FIELDS = ("ts", "component", "level", "event", "prev")
+
+
+@dataclass(frozen=True)
+class EventSpec:
+    name: str
+    doc: str
+    required: tuple[str, ...]
+    optional: tuple[str, ...] = ()
+
+
+_SPECS: dict[str, EventSpec] = {}
+
+
+def _ev(name: str, doc: str, required: str, optional: str = "") -> str:
+    _SPECS[name] = EventSpec(name, doc, tuple(required.split()), tuple(optional.split()))
+    return name
+
+
+# ---------------------------------------------------------------- hosts and detection
+HOST_STATE_CHANGED = _ev("host.state_changed", "A host's graded state changed (healthy/degraded/failing/unreachable/dead).",
+                         "host from to reason", "evidence incident")
+HOST_HEARTBEAT_LOST = _ev("host.heartbeat_lost", "A host's agent lease expired: the host stopped talking to etcd.",
+                          "host", "lease last_seen ttl_s")
+WITNESS_REPORTED = _ev("witness.reported", "A peer (witness) reported whether it can still reach a host.",
+                       "host witness reachable", "detail")
+
+# ---------------------------------------------------------------- incidents
+INCIDENT_OPENED = _ev("incident.opened", "An incident (one episode of host trouble) was opened; its id ties everything after.",
+                      "incident host trigger policy", "kind term")
+INCIDENT_CLOSED = _ev("incident.closed", "An incident ended; outcome is resolved, partial or failed.",
+                      "incident host outcome", "reason term vms_moved vms_failed")
+SNAPSHOT_RECORDED = _ev("snapshot.recorded", "The cluster snapshot the incident's decisions were made on (for replay).",
+                        "incident snapshot", "rules limits term")
+
+# ---------------------------------------------------------------- controller
+CONTROLLER_ELECTED = _ev("controller.elected", "This controller replica became leader with a new term.",
+                         "term", "reason")
+CONTROLLER_DEPOSED = _ev("controller.deposed", "This controller replica lost leadership.",
+                         "term reason")
+CONTROLLER_FROZE = _ev("controller.froze", "The controller stopped acting (suspected partition / etcd trouble).",
+                       "term reason", "hosts")
+CONTROLLER_RESUMED = _ev("controller.resumed", "The controller acts again after a freeze.",
+                         "term reason")
+TICK_COMPLETED = _ev("tick.completed", "One controller tick finished; sentence says what it did.",
+                     "sentence", "term incident decisions")
+
+# ---------------------------------------------------------------- decisions
+PLACEMENT_DECIDED = _ev("placement.decided", "A destination was chosen for a VM, with every candidate considered.",
+                        "incident vm src dst score candidates", "intent reason policy")
+PLACEMENT_FAILED = _ev("placement.failed", "No eligible destination for a VM; candidates say why each host was rejected.",
+                       "incident vm src candidates reason")
+INTENT_CREATED = _ev("intent.created", "An intent (one VM move) was written to etcd, guarded by the leader's term.",
+                     "incident intent vm src dst kind term", "wave predicted_s predicted_downtime_ms")
+INTENT_STATE_CHANGED = _ev("intent.state_changed", "An intent moved through the state table.",
+                           "incident intent vm src dst from to attempt term reason", "policy")
+INTENT_RETARGETED = _ev("intent.retargeted", "Fallback: an intent switched to its next candidate destination.",
+                        "incident intent vm src old_dst dst reason", "attempt")
+INTENT_RESUMED = _ev("intent.resumed", "A new leader or runner picked up an unfinished intent.",
+                     "incident intent vm state term")
+
+# ---------------------------------------------------------------- migration (libvirt job statistics)
+MIGRATION_STARTED = _ev("migration.started", "A libvirt live migration began (one attempt).",
+                        "intent vm src dst attempt", "incident flags bandwidth_mibs max_downtime_ms")
+MIGRATION_PROGRESSED = _ev("migration.progressed", "In-flight job statistics from the source (jobStats()).",
+                           "intent vm iteration memory_remaining dirty_rate bps", "incident data_processed disk_remaining")
+MIGRATION_ESCALATED = _ev("migration.escalated", "A non-converging migration took the next escalation step.",
+                          "intent vm step reason", "incident attempt")
+MIGRATION_COMPLETED = _ev("migration.completed", "Completed job statistics: total_ms, downtime_ms, data_bytes, iterations.",
+                          "intent vm src dst total_ms downtime_ms data_bytes iterations", "incident attempt mode")
+MIGRATION_FAILED = _ev("migration.failed", "One migration attempt failed; the source VM keeps running.",
+                       "intent vm src dst attempt error", "incident code transient")
+MIGRATION_ABORTED = _ev("migration.aborted", "The runner aborted an in-flight migration (stall, timeout, operator).",
+                        "intent vm reason", "incident attempt")
+RETRY_SCHEDULED = _ev("retry.scheduled", "A transient failure will be retried after sleep_s (tenacity hook).",
+                      "attempt error", "fn sleep_s incident intent vm")
+
+# ---------------------------------------------------------------- dead host: evidence, fencing, restart
+EVIDENCE_RECORDED = _ev("evidence.recorded", "One piece of evidence that a host is dead (lease, witnesses, quorum).",
+                        "incident host kind detail", "witnesses quorum met")
+FENCE_REQUESTED = _ev("fence.requested", "A fence agent was asked to power off / isolate a host.",
+                      "incident host agent", "term")
+FENCE_SUCCEEDED = _ev("fence.succeeded", "A fence agent confirmed the host is off.",
+                      "incident host agent", "detail")
+FENCE_FAILED = _ev("fence.failed", "A fence agent failed; restarts must not proceed on its word.",
+                   "incident host agent error")
+VM_RESTARTED = _ev("vm.restarted", "A VM of a fenced host was defined and started on another host.",
+                   "incident intent vm src dst", "attempt boot_ms")
+VM_VERIFIED = _ev("vm.verified", "Where a VM runs was checked after a move (exactly once, guest alive).",
+                  "intent vm host ok", "incident detail")
+
+SCHEMA: Mapping[str, EventSpec] = dict(_SPECS)
+
+
+def missing_fields(event: Mapping[str, Any]) -> tuple[str, ...]:
+    """Required fields an event line lacks (empty for unknown event names)."""
+    spec = SCHEMA.get(str(event.get("event", "")))
+    return tuple(f for f in spec.required if f not in event) if spec else ()

@@ -1,0 +1,147 @@
+"""Replay an incident's placement decisions from the snapshot recorded in its audit trail.
+
+The controller records the cluster snapshot it decided on (`snapshot.recorded`) and every
+decision (`placement.decided` / `placement.failed`). Placement and the planner are pure,
+so running the planner again on that snapshot with the same rules must give the same
+destinations; with another policy it shows what that policy would have done instead.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from drctl import events as ev
+from drctl import planner
+from drctl.auditlog import Event
+from drctl.errors import ConfigError
+from drctl.model import Limits, PlacementRules, Snapshot, SpareMode
+from drctl.postmortem import IncidentNotFound, incident_events
+from drctl.snapshot import parse_snapshot
+
+
+class ReplayError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class ReplayedDecision:
+    vm: str
+    src: str
+    recorded_dst: str | None  # None: recorded as not placeable
+    replayed_dst: str | None
+    note: str = ""
+
+    @property
+    def match(self) -> bool:
+        return self.recorded_dst == self.replayed_dst
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    incident: str
+    host: str
+    rules_from: str  # "recorded rules", "defaults" or the policy file
+    decisions: tuple[ReplayedDecision, ...]
+    extra: tuple[ReplayedDecision, ...] = ()  # moves the replay makes that were never recorded
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def reproduced(self) -> bool:
+        return all(d.match for d in self.decisions) and not self.extra
+
+
+def replay_incident(events: Sequence[Event], incident: str, policy_path: Path | None = None) -> ReplayResult:
+    """Re-plan `incident` on its recorded snapshot and compare with what was recorded."""
+    evs = incident_events(events, incident)  # raises IncidentNotFound
+    recorded = next((e for e in evs if e.name == ev.SNAPSHOT_RECORDED), None)
+    if recorded is None:
+        raise ReplayError(f"{incident}: no {ev.SNAPSHOT_RECORDED} event: nothing to replay on")
+    opened = next(e for e in evs if e.name == ev.INCIDENT_OPENED)
+    try:
+        snap = parse_snapshot(recorded.get("snapshot"), f"{recorded.where} snapshot")
+    except ConfigError as e:
+        raise ReplayError(str(e)) from e
+    warnings: list[str] = []
+    if policy_path is not None:
+        from drctl.policy import (
+            load_policy,  # only a replay with another policy needs it
+        )
+
+        policy = load_policy(policy_path)
+        snap, rules, limits, source = policy.apply_groups(snap), policy.rules, policy.limits, str(policy_path)
+    else:
+        rules = _rebuild(PlacementRules, recorded.get("rules"), warnings)
+        limits = _rebuild(Limits, recorded.get("limits"), warnings)
+        source = "recorded rules" if recorded.get("rules") else "default rules (none recorded)"
+    host = str(opened.get("host"))
+    plan = planner.plan_evacuation(snap, [host], rules, limits)
+    replayed: dict[str, str | None] = {m.vm: m.dst for m in plan.moves}
+    replayed.update({u.vm: None for u in plan.unplaced})
+    decisions = []
+    for e in evs:
+        if e.name not in (ev.PLACEMENT_DECIDED, ev.PLACEMENT_FAILED):
+            continue
+        vm = str(e.get("vm"))
+        got = replayed.pop(vm, None)
+        decisions.append(ReplayedDecision(vm, str(e.get("src", "")),
+                                          e.get("dst") if e.name == ev.PLACEMENT_DECIDED else None,
+                                          got, _why_not(plan, vm, got)))
+    extra = tuple(ReplayedDecision(vm, snap.vms[vm].host if vm in snap.vms else "", None, dst, "not in the trail")
+                  for vm, dst in replayed.items())
+    return ReplayResult(incident, host, source, tuple(decisions), extra, tuple(warnings))
+
+
+def _why_not(plan: planner.Plan, vm: str, dst: str | None) -> str:
+    if dst is not None:
+        move = next((m for m in plan.moves if m.vm == vm), None)
+        return move.reason if move else ""
+    unplaced = next((u for u in plan.unplaced if u.vm == vm), None)
+    if unplaced is None:
+        return "not planned"
+    return "; ".join(f"{h}: {', '.join(r)}" for h, r in sorted(unplaced.reasons.items()) if r)
+
+
+def _rebuild(cls: type, data: Any, warnings: list[str]) -> Any:
+    """A rules/limits dataclass from its recorded scalar fields; the rest keep defaults."""
+    if not isinstance(data, Mapping):
+        return cls()
+    known = {f.name for f in fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for k, v in data.items():
+        if k not in known:
+            warnings.append(f"recorded {cls.__name__}.{k} is unknown here; ignored")
+        elif isinstance(v, (int, float, str, bool)):
+            kwargs[k] = SpareMode(v) if k == "spare_mode" else v
+        elif k == "escalation" and isinstance(v, list):
+            kwargs[k] = tuple(str(s) for s in v)
+        else:
+            warnings.append(f"recorded {cls.__name__}.{k} is not a plain value; replayed with the default "
+                            f"(pass --policy to replay it exactly)")
+    return cls(**kwargs)
+
+
+def format_result(r: ReplayResult) -> list[str]:
+    """Lines for the terminal: one per decision, then the verdict."""
+    out = [f"replay {r.incident} (evacuate {r.host}) with {r.rules_from}"]
+    out += [f"warning: {w}" for w in r.warnings]
+    for d in (*r.decisions, *r.extra):
+        mark = "=" if d.match else "≠"
+        rec = d.recorded_dst or "unplaced"
+        rep = d.replayed_dst or "unplaced"
+        note = f"  ({d.note})" if d.note and not d.match else ""
+        out.append(f"  {mark} {d.vm:<16} {d.src} → recorded {rec:<10} replayed {rep}{note}")
+    same = sum(d.match for d in r.decisions)
+    verdict = "reproduced" if r.reproduced else "DIFFERENT"
+    out.append(f"{verdict}: {same} of {len(r.decisions)} decisions match" +
+               (f", {len(r.extra)} extra moves in the replay" if r.extra else ""))
+    return out
+
+
+def snapshot_of(events: Sequence[Event], incident: str) -> Snapshot:
+    """The snapshot recorded for `incident` (for tools that want to re-plan by hand)."""
+    for e in incident_events(events, incident):
+        if e.name == ev.SNAPSHOT_RECORDED:
+            return parse_snapshot(e.get("snapshot"), e.where)
+    raise IncidentNotFound(f"{incident}: no {ev.SNAPSHOT_RECORDED}")
