@@ -34,6 +34,7 @@ def _register() -> None:
     from drctl.commands import plan as plan_cmd; cli.add_command(plan_cmd.plan)  # noqa: E702
     from drctl.commands import audit_cmd; cli.add_command(audit_cmd.audit)  # noqa: E702
     from drctl.commands import postmortem_cmd as pm; cli.add_command(pm.postmortem); cli.add_command(pm.replay)  # noqa: E702
+    from drctl.commands import agent_cmd; cli.add_command(agent_cmd.agent)  # noqa: E702
 
 
 _register()
