@@ -12,7 +12,7 @@ one is opened for it, so a flapping host cannot open an incident every few secon
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Mapping
 
@@ -87,7 +87,9 @@ class View:
     etcd_healthy: bool = True
     age_s: float = 0.0  # how old the view is: the controller must not act on a stale one
     frozen: str = ""  # the freeze in force, if any
-    acted_hosts_in_window: int = 0  # hosts acted on within the blast-radius window
+    # hosts whose last incident closed within Settings.reopen_after_s, with its outcome:
+    # an episode that ended partially (a VM could not be placed) must not reopen every tick
+    recently_closed: Mapping[str, str] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------ decisions
@@ -148,6 +150,7 @@ class TickResult:
 @dataclass(frozen=True)
 class Settings:
     stale_after_s: float = 10.0  # a view older than this freezes the controller
+    reopen_after_s: float = 60.0  # a host's next incident waits this long after its last closed
     quorum: int | None = None  # witnesses; None = the policy's (or a majority)
 
 
@@ -211,8 +214,8 @@ def _maybe_open(name: str, view: View, policy: Policy, now: float, busy: set[str
     rule = policy.rule_for(host, host.state, view.held_s.get(name, 0.0), now)
     if rule is None or rule.trigger.kind is TriggerKind.IMBALANCE:
         return []
-    if not view.snapshot.vms_on(name) and rule.trigger.kind is not TriggerKind.MAINTENANCE:
-        return []  # nothing to save
+    if not view.snapshot.vms_on(name) or name in view.recently_closed:
+        return []  # nothing to save, or the last episode just ended
     kind = _incident_kind(host.state, rule.trigger.kind)
     verdict = view.verdicts.get(name, Verdict(host.state))
     reason = f"{name} {host.state.value}" + (f" ({verdict.reason})" if verdict.reason else "")

@@ -162,25 +162,29 @@ class ControllerLoop:
                                reason=verdicts[h].reason if h in verdicts else "")
                 self.state.state_since[h] = (host.state, now)
             held[h] = now - self.state.state_since[h][1]
-        incidents = self._open_incidents()
+        incidents, recently_closed = self._incidents(now)
         intents = tuple(IntentView(i.id, i.incident, i.vm, i.src, i.dst, i.state, i.kind)
                         for i in records.intents if i.incident in incidents or not i.state.terminal)
         view = View(snapshot=snap, verdicts={h: controller_verdict(v) for h, v in verdicts.items()}, held_s=held,
                     incidents=incidents, intents=intents, etcd_healthy=etcd_ok, age_s=0.0,
-                    frozen=self.state.frozen)
+                    frozen=self.state.frozen, recently_closed=recently_closed)
         return view, records, snap
 
-    def _open_incidents(self) -> dict[str, Incident]:
+    def _incidents(self, now: float) -> tuple[dict[str, Incident], dict[str, str]]:
+        """Open incidents by id, and host -> outcome of incidents closed very recently."""
         kvs, _ = self.store.get_prefix(self.keys.incidents_prefix())
-        out = {}
+        open_: dict[str, Incident] = {}
+        closed: dict[str, str] = {}
         for kv in kvs:
             try:
                 inc = incident_from_json(kv.value)
             except (ValueError, KeyError, TypeError):
                 continue
             if inc.phase is not IncidentPhase.CLOSED:
-                out[inc.id] = inc
-        return out
+                open_[inc.id] = inc
+            elif inc.host and inc.closed_at and now - inc.closed_at < self.settings.reopen_after_s:
+                closed[inc.host] = inc.outcome
+        return open_, closed
 
     def tick_once(self, lead: Leadership) -> str:
         now = self.clock.now()
@@ -285,7 +289,8 @@ class ControllerLoop:
 
         inc = view.incidents.get(d.incident) or self._incident(d.incident)
         rules = self.policy.rules
-        ledger = placement.Ledger(self.policy.apply_groups(snap))
+        snap = self.policy.apply_groups(snap)
+        ledger = placement.Ledger(snap)
         built = []
         for m in d.moves:
             vm = snap.vms.get(m.vm)
