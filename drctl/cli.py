@@ -29,6 +29,10 @@ def _register() -> None:
     from drctl.commands import check
 
     cli.add_command(check.check)
+    from drctl.commands import drain
+
+    cli.add_command(drain.drain)
+    cli.add_command(drain.undrain)
     # further areas register below, one line each
     from drctl.commands import policy_cmd; cli.add_command(policy_cmd.policy)  # noqa: E702
     from drctl.commands import plan as plan_cmd; cli.add_command(plan_cmd.plan)  # noqa: E702
