@@ -37,6 +37,14 @@ class HostCapacity:
 
 
 @dataclass(frozen=True)
+class GuestSupport:
+    """What guests a host can run: machine types (aliases and canonical names) and emulators."""
+
+    machines: frozenset[str]
+    emulators: frozenset[str]
+
+
+@dataclass(frozen=True)
 class MigrationParams:
     """What one migration may use. Zero/None means the hypervisor default."""
 
@@ -119,5 +127,21 @@ class Hypervisor(Protocol):
 
     def compare_cpu(self, cpu_xml: str) -> bool:
         """True if a VM with this <cpu> element can run here."""
+
+    def guest_support(self) -> GuestSupport:
+        """Machine types and emulators this host offers (x86_64 guests)."""
+
+    def list_networks(self) -> list[str]:
+        """Names of the active virtual networks."""
+
+    def list_storage_pools(self) -> list[str]:
+        """Names of the active storage pools."""
+
+    def ensure_dir_pool(self, name: str, path: str) -> None:
+        """Make sure an active `dir` storage pool `name` targets `path` (idempotent).
+
+        Storage migration needs it on the destination: libvirt then creates the VM's
+        local images there before copying them (DESIGN §3).
+        """
 
     def close(self) -> None: ...

@@ -8,7 +8,6 @@ libvirt wait with no timeout).
 """
 from __future__ import annotations
 
-import threading
 import xml.etree.ElementTree as ET
 from typing import Callable, TypeVar
 
@@ -25,7 +24,10 @@ from drctl.errors import (
     MigrationFailed,
     NoSuchDomain,
 )
-from drctl.hypervisor import DomainInfo, DomainState, HostCapacity, JobStats, MigrationParams
+from xml.sax.saxutils import escape
+
+from drctl.hypervisor.deadline import with_deadline
+from drctl.hypervisor import DomainInfo, DomainState, GuestSupport, HostCapacity, JobStats, MigrationParams
 
 T = TypeVar("T")
 
@@ -74,26 +76,6 @@ def translate(exc: libvirt.libvirtError, what: str, migration: bool = False) -> 
     err = cls(f"{what}: {msg} (libvirt code {code})")
     err.libvirt_code = code  # type: ignore[attr-defined]
     return err
-
-
-def with_deadline(fn: Callable[[], T], timeout_s: float, what: str) -> T:
-    """Run `fn` in a daemon thread; raise HypervisorTimeout if it has not returned in time."""
-    box: dict[str, object] = {}
-
-    def run() -> None:
-        try:
-            box["value"] = fn()
-        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
-            box["error"] = e
-
-    t = threading.Thread(target=run, name=f"deadline:{what}", daemon=True)
-    t.start()
-    t.join(timeout_s)
-    if t.is_alive():
-        raise HypervisorTimeout(f"{what}: no answer within {timeout_s:g}s (hung libvirtd?)")
-    if "error" in box:
-        raise box["error"]  # type: ignore[misc]
-    return box["value"]  # type: ignore[return-value]
 
 
 def _stats(raw: dict[str, object], active: bool) -> JobStats:
@@ -176,6 +158,41 @@ class LibvirtHypervisor:
             lambda: self._conn.compareHypervisorCPU(None, "x86_64", "pc", "qemu", cpu_xml, 0),
         )
         return res != libvirt.VIR_CPU_COMPARE_INCOMPATIBLE
+
+    def guest_support(self) -> GuestSupport:
+        caps = ET.fromstring(self._call("capabilities", self._conn.getCapabilities))
+        machines: set[str] = set()
+        emulators: set[str] = set()
+        for arch in caps.findall("guest/arch[@name='x86_64']"):
+            emulators.update(e.text or "" for e in arch.findall("emulator"))
+            for m in arch.findall(".//machine"):
+                machines.add(m.text or "")
+                if m.get("canonical"):
+                    machines.add(m.get("canonical", ""))
+        return GuestSupport(frozenset(machines - {""}), frozenset(emulators - {""}))
+
+    def list_networks(self) -> list[str]:
+        return sorted(self._call("list networks", self._conn.listNetworks))
+
+    def list_storage_pools(self) -> list[str]:
+        return sorted(self._call("list storage pools", self._conn.listStoragePools))
+
+    def ensure_dir_pool(self, name: str, path: str) -> None:
+        def ensure() -> None:
+            try:
+                pool = self._conn.storagePoolLookupByName(name)
+            except libvirt.libvirtError as e:
+                if e.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_POOL:
+                    raise
+                xml = (f"<pool type='dir'><name>{escape(name)}</name>"
+                       f"<target><path>{escape(path)}</path></target></pool>")
+                pool = self._conn.storagePoolDefineXML(xml, 0)
+                pool.build(0)  # mkdir -p of the target; harmless when it exists
+                pool.setAutostart(1)
+            if not pool.isActive():
+                pool.create(0)
+
+        self._call(f"ensure dir pool {name} at {path}", ensure)
 
     # -- domains
     def _info(self, dom: libvirt.virDomain) -> DomainInfo:

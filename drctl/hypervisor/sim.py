@@ -22,7 +22,7 @@ from drctl.errors import (
     MigrationFailed,
     NoSuchDomain,
 )
-from drctl.hypervisor import DomainInfo, DomainState, HostCapacity, JobStats, MigrationParams
+from drctl.hypervisor import DomainInfo, DomainState, GuestSupport, HostCapacity, JobStats, MigrationParams
 
 
 @dataclass
@@ -45,6 +45,10 @@ class SimHost:
     up: bool = True  # False: connection refused (libvirtd dead)
     hung: bool = False  # True: calls time out (libvirtd SIGSTOPped)
     domains: dict[str, SimDomain] = field(default_factory=dict)
+    networks: set[str] = field(default_factory=set)
+    pools: dict[str, str] = field(default_factory=dict)  # pool name -> target path
+    machines: frozenset[str] = frozenset({"pc", "q35"})
+    emulators: frozenset[str] = frozenset({"/usr/bin/qemu-system-x86_64"})
 
     def used_mib(self) -> int:
         return sum(d.memory_mib for d in self.domains.values() if d.state is DomainState.RUNNING)
@@ -119,6 +123,19 @@ class SimHypervisor:
 
     def compare_cpu(self, cpu_xml: str) -> bool:
         return set(_FEATURE.findall(cpu_xml)) <= self._check().cpu_features
+
+    def guest_support(self) -> GuestSupport:
+        h = self._check()
+        return GuestSupport(h.machines, h.emulators)
+
+    def list_networks(self) -> list[str]:
+        return sorted(self._check().networks)
+
+    def list_storage_pools(self) -> list[str]:
+        return sorted(self._check().pools)
+
+    def ensure_dir_pool(self, name: str, path: str) -> None:
+        self._check().pools.setdefault(name, path)
 
     def list_domains(self) -> list[DomainInfo]:
         return [self._info(d) for d in sorted(self._check().domains.values(), key=lambda d: d.name)]

@@ -128,3 +128,16 @@ def test_migration_to_unreachable_host_leaves_vm_on_source(pair: Pair) -> None:
 def test_unknown_domain_is_no_such_domain(pair: Pair) -> None:
     with pytest.raises(NoSuchDomain):
         pair.src.domain("c-never-defined")
+
+
+def test_guest_support_lists_machines_and_emulators(pair: Pair) -> None:
+    support = pair.src.guest_support()
+    assert "pc" in support.machines
+    assert "/usr/bin/qemu-system-x86_64" in support.emulators
+
+
+def test_dir_pool_is_created_once_and_listed(pair: Pair) -> None:
+    assert isinstance(pair.dst.list_networks(), list)
+    pair.dst.ensure_dir_pool("c-images", "/var/lib/libvirt/images")
+    pair.dst.ensure_dir_pool("c-images", "/var/lib/libvirt/images")  # idempotent
+    assert "c-images" in pair.dst.list_storage_pools()

@@ -1,0 +1,257 @@
+"""The runner on the simulator: MemoryStore + SimCluster + SimClock, no real waiting."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from drctl import audit, intents
+from drctl.clock import SimClock
+from drctl.errors import MigrationFailed
+from drctl.hypervisor.sim import SimCluster
+from drctl.intents import Intent, IntentParams, new_intent
+from drctl.lab.guest import GuestImage, domain_xml
+from drctl.migration import WatchConfig
+from drctl.model import IntentKind, IntentState, Limits, Move
+from drctl.runner import Runner, RunnerConfig
+from drctl.store import Compare
+from drctl.store.keys import Keys
+from drctl.store.memory import MemoryStore
+
+HOSTS = ("h1", "h2", "h3", "h4")
+
+
+class World:
+    def __init__(self, **cfg: object) -> None:
+        self.clock = SimClock()
+        self.store = MemoryStore(self.clock)
+        self.cluster = SimCluster(self.clock)
+        for h in HOSTS:
+            self.cluster.add_host(h, memory_mib=4096)
+        self.keys = Keys()
+        self.sink = audit.configure("test", clock=self.clock.now, keep_in_memory=True)
+        self.cfg = RunnerConfig("r1", watch=WatchConfig(poll_s=0.01), **cfg)  # type: ignore[arg-type]
+
+    def runner(self, runner_id: str = "r1", **kw: object) -> Runner:
+        cfg = RunnerConfig(runner_id, **{k: getattr(self.cfg, k) for k in ("watch", "limits", "reserved_mib")})
+        return Runner(self.store, self.keys, {h: self.cluster.uri(h) for h in HOSTS}, self.cluster.connect,
+                      self.clock, cfg, **kw)  # type: ignore[arg-type]
+
+    def vm(self, name: str, host: str = "h1", memory_mib: int = 512) -> str:
+        xml = domain_xml(name, GuestImage(Path("/k"), Path("/i")), memory_mib, Path(f"/c/{name}"))
+        hv = self.cluster.connect(self.cluster.uri(host))
+        hv.define(xml)
+        hv.start(name)
+        return xml
+
+    def intent(self, vm: str, src: str = "h1", dst: str = "h2", candidates: tuple[str, ...] = ("h3",),
+               kind: IntentKind = IntentKind.MIGRATE, **params: object) -> Intent:
+        it = new_intent(Move(vm, src, dst, kind=kind, reason="test"), "inc-1", 7, self.clock.now(),
+                        IntentParams(**params), candidates)  # type: ignore[arg-type]
+        assert intents.create_intents(self.store, self.keys, [it])
+        got = intents.get_intent(self.store, self.keys, it.id)  # with its revision
+        assert got is not None
+        return got
+
+    def events(self, name: str) -> list[dict]:
+        return [e for e in self.sink.lines if e["event"] == name]
+
+    def states(self, intent_id: str) -> list[tuple[str, str]]:
+        return [(e["from"], e["to"]) for e in self.events("intent.state_changed") if e["intent"] == intent_id]
+
+
+@pytest.fixture
+def world() -> World:
+    return World()
+
+
+def test_happy_path_walks_the_state_table_and_records_placement(world: World) -> None:
+    world.vm("web-1")
+    it = world.intent("web-1")
+    done = world.runner().execute(it.id)
+    assert done is not None and done.state is IntentState.DONE and done.attempt == 1
+    assert world.cluster.where("web-1") == ["h2"]
+    assert intents.placement(world.store, world.keys, "web-1") == "h2"
+    assert world.states(it.id) == [("pending", "checking"), ("checking", "migrating"),
+                                   ("migrating", "verifying"), ("verifying", "done")]
+    for e in world.events("intent.state_changed"):
+        assert e["reason"] and e["attempt"] is not None and e["term"] == 7 and e["incident"] == "inc-1"
+    assert world.events("migration.completed")[0]["downtime_ms"] == 20
+    assert not intents.claimed(world.store, world.keys)  # claim given back
+
+
+def test_transient_failure_is_retried_at_the_same_destination(world: World) -> None:
+    world.vm("web-2")
+    world.cluster.fail_next_migrations["web-2"] = MigrationFailed
+    it = world.intent("web-2")
+    done = world.runner().execute(it.id)
+    assert done is not None and done.state is IntentState.DONE and done.dst == "h2" and done.attempt == 2
+    assert len(world.events("retry.scheduled")) == 1
+    assert ("migrating", "checking") in world.states(it.id)
+
+
+def test_unreachable_destination_exhausts_retries_then_next_candidate(world: World) -> None:
+    world.vm("web-3")
+    world.cluster.hosts["h2"].up = False
+    it = world.intent("web-3", candidates=("h3", "h4"))
+    done = world.runner().execute(it.id)
+    assert done is not None and done.state is IntentState.DONE and done.dst == "h3" and done.tried == ("h2",)
+    assert len(world.events("retry.scheduled")) == world.cfg.retry_attempts - 1
+    assert world.events("intent.retargeted")[0]["old_dst"] == "h2"
+    assert world.cluster.where("web-3") == ["h3"]
+
+
+def test_hung_destination_is_given_up_and_the_vm_found_on_the_source(world: World) -> None:
+    world.vm("web-4")
+    world.cluster.hosts["h2"].hung = True
+    it = world.intent("web-4")
+    done = world.runner().execute(it.id)
+    assert done is not None and done.state is IntentState.DONE and done.dst == "h3"
+    assert world.cluster.where("web-4") == ["h3"]
+
+
+def test_precheck_rejects_a_full_destination_without_migrating_there(world: World) -> None:
+    world.vm("big", memory_mib=2048)
+    world.vm("filler", host="h2", memory_mib=3000)
+    it = world.intent("big")
+    done = world.runner().execute(it.id)
+    assert done is not None and done.state is IntentState.DONE and done.dst == "h3"
+    assert [e["dst"] for e in world.events("migration.started")] == ["h3"]
+    reasons = [e["reason"] for e in world.events("intent.state_changed") if e["to"] == "pending"]
+    assert "dest-memory" in reasons[0]
+
+
+def test_reservation_and_incoming_migrations_count_against_memory(world: World) -> None:
+    world.cfg = RunnerConfig("r1", watch=WatchConfig(poll_s=0.01), reserved_mib={"h2": 3600})
+    world.vm("web-5")
+    done = world.runner().execute(world.intent("web-5").id)
+    assert done is not None and done.dst == "h3"
+
+
+def test_no_destination_left_fails_with_the_reason_and_vm_stays(world: World) -> None:
+    world.vm("web-6")
+    for h in ("h2", "h3"):
+        world.cluster.hosts[h].memory_mib = 256
+    it = world.intent("web-6")
+    done = world.runner().execute(it.id)
+    assert done is not None and done.state is IntentState.FAILED
+    assert "no destination left" in done.reason and "dest-memory" in done.reason
+    assert world.cluster.where("web-6") == ["h1"]
+
+
+def test_choose_next_is_asked_when_candidates_run_out(world: World) -> None:
+    world.vm("web-7")
+    world.cluster.hosts["h2"].memory_mib = 256
+    asked: list[tuple[str, ...]] = []
+
+    def choose(it: Intent) -> str | None:
+        asked.append(it.tried)
+        return "h4"
+
+    done = world.runner(choose_next=choose).execute(world.intent("web-7", candidates=()).id)
+    assert done is not None and done.state is IntentState.DONE and done.dst == "h4" and asked == [("h2",)]
+
+
+def test_two_runners_never_run_one_intent_and_a_dead_runners_claim_lapses(world: World) -> None:
+    world.vm("web-8")
+    it = world.intent("web-8")
+    dead = world.store.grant_lease(2, keepalive=False)
+    assert intents.claim(world.store, world.keys, it.id, "dead-runner", dead.id)
+    other = world.runner("r2")
+    assert other.execute(it.id) is None  # held
+    assert not intents.claim(world.store, world.keys, it.id, "r3", dead.id)
+    world.clock.advance(3)  # the dead runner's lease expires: its claim goes with it
+    done = other.execute(it.id)
+    assert done is not None and done.state is IntentState.DONE
+
+
+def test_a_runner_that_lost_its_claim_cannot_write(world: World) -> None:
+    world.vm("web-9")
+    it = world.intent("web-9")
+    lease = world.store.grant_lease(2, keepalive=False)
+    assert intents.claim(world.store, world.keys, it.id, "r1", lease.id)
+    world.clock.advance(3)
+    with pytest.raises(intents.IntentConflict):
+        intents.transition(world.store, world.keys, it, IntentState.CHECKING, "x", world.clock.now(),
+                           guards=[intents.claim_guard(world.keys, it.id, "r1")])
+
+
+def test_resumed_intent_in_migrating_looks_before_acting(world: World) -> None:
+    world.vm("web-10", host="h2")  # a crashed runner's migration had completed
+    it = world.intent("web-10")
+    for to in (IntentState.CHECKING, IntentState.MIGRATING):
+        it = intents.transition(world.store, world.keys, it, to, "before the crash", world.clock.now())
+    done = world.runner().execute(it.id)
+    assert done is not None and done.state is IntentState.DONE
+    assert world.events("intent.resumed") and not world.events("migration.started")
+
+
+def test_transitions_are_checked_and_compare_and_swapped(world: World) -> None:
+    it = world.intent("nobody")
+    with pytest.raises(ValueError):
+        intents.transition(world.store, world.keys, it, IntentState.DONE, "skip", 0.0)
+    intents.transition(world.store, world.keys, it, IntentState.CHECKING, "first", 0.0)
+    with pytest.raises(intents.IntentConflict):  # stale revision
+        intents.transition(world.store, world.keys, it, IntentState.CHECKING, "second", 0.0)
+
+
+def test_create_is_guarded_by_the_leader_key(world: World) -> None:
+    world.store.put("/drctl/leader/1", b"c1")
+    kv = world.store.get("/drctl/leader/1")
+    assert kv is not None
+    it = new_intent(Move("v", "h1", "h2"), "inc", 3, 0.0)
+    assert not intents.create_intents(world.store, world.keys, [it], [Compare.created_at(kv.key, 999)])
+    assert intents.create_intents(world.store, world.keys, [it], [Compare.created_at(kv.key, kv.create_revision)])
+    got = intents.get_intent(world.store, world.keys, it.id)
+    assert got is not None and got.to_json() == it.to_json()
+    assert not intents.create_intents(world.store, world.keys, [it])  # ids are unique
+
+
+def test_restart_starts_exactly_once(world: World) -> None:
+    xml = world.vm("db-1")
+    world.store.put(world.keys.vm_definition("db-1"), xml.encode())
+    world.cluster.hosts["h1"].domains.clear()
+    world.cluster.hosts["h1"].up = False  # fenced
+    it = world.intent("db-1", kind=IntentKind.RESTART)
+    done = world.runner().execute(it.id)
+    assert done is not None and done.state is IntentState.DONE and world.cluster.where("db-1") == ["h2"]
+    assert len(world.events("vm.restarted")) == 1
+    # a second intent for the same VM (a retry after a crash) must not start a second copy
+    again = world.intent("db-1", kind=IntentKind.RESTART, dst="h3", candidates=())
+    done2 = world.runner().execute(again.id)
+    assert done2 is not None and done2.state is IntentState.FAILED and "already runs on h2" in done2.reason
+    assert world.cluster.where("db-1") == ["h2"] and len(world.events("vm.restarted")) == 1
+
+
+def test_restart_retry_after_start_does_not_start_twice(world: World) -> None:
+    xml = world.vm("db-2", host="h2")  # the earlier attempt started it on h2, then the runner died
+    world.store.put(world.keys.vm_definition("db-2"), xml.encode())
+    world.cluster.hosts["h1"].up = False
+    it = world.intent("db-2", kind=IntentKind.RESTART)
+    it = intents.transition(world.store, world.keys, it, IntentState.CHECKING, "before the crash", 0.0)
+    done = world.runner().execute(it.id)
+    assert done is not None and done.state is IntentState.DONE and not world.events("vm.restarted")
+
+
+def test_restart_refuses_when_the_source_still_runs_it(world: World) -> None:
+    xml = world.vm("db-3")
+    world.store.put(world.keys.vm_definition("db-3"), xml.encode())
+    done = world.runner().execute(world.intent("db-3", kind=IntentKind.RESTART).id)
+    assert done is not None and done.state is IntentState.FAILED and "still runs on h1" in done.reason
+    assert world.cluster.where("db-3") == ["h1"]
+
+
+def test_scheduler_respects_concurrency_and_drains_everything(world: World) -> None:
+    world.cfg = RunnerConfig("r1", watch=WatchConfig(poll_s=0.01),
+                             limits=Limits(max_concurrent=2, max_per_source=2, max_per_destination=1))
+    ids = []
+    for i in range(4):
+        world.vm(f"v{i}")
+        ids.append(world.intent(f"v{i}", dst="h2" if i % 2 else "h3", candidates=("h4",)).id)
+    runner = world.runner()
+    first = runner.run_pending()
+    assert len(first) == 2  # max_concurrent; and one per destination
+    final = {i.id: i for i in runner.drain(timeout_s=60)}
+    runner.close()
+    assert all(final[i].state is IntentState.DONE for i in ids)
+    assert all(len(world.cluster.where(f"v{i}")) == 1 for i in range(4))
