@@ -55,7 +55,7 @@ class _Due:
 
 class Agent:
     def __init__(self, cfg: AgentConfig, store: Store, keys: Keys, connect: Connect, clock: Clock,
-                 probes: list[Probe] | None = None) -> None:
+                 probes: list[Probe] | None = None, background: bool = True) -> None:
         self.cfg = cfg
         self.host = cfg.host
         self._store = store
@@ -77,6 +77,11 @@ class Agent:
         self._known_peers: list[Peer] = list(cfg.peers or [])
         self._inventory_deadline = Deadline()
         self._publisher = Publisher(store, keys, cfg.host)
+        # Witness rounds and inventory reads run in their own threads: a slow libvirtd
+        # (a fresh one probes QEMU for seconds) must not delay the health report.
+        # A simulation runs them inline, to stay deterministic.
+        self._background = background
+        self._jobs: dict[str, threading.Thread] = {}
 
     # ------------------------------------------------------------ the loop
     def tick(self) -> str:
@@ -94,15 +99,23 @@ class Agent:
             self._due.report = mono + self.cfg.report_interval_s
         if mono >= self._due.witness:
             self._due.witness = mono + self.cfg.witness_interval_s
-            witnessed = self._witness()
-            if witnessed:
-                done.append(witnessed)
+            done.append(self._job("witness", self._witness))
         if mono >= self._due.inventory:
             self._due.inventory = mono + self.cfg.inventory_interval_s
-            published = self._publish_inventory()
-            if published:
-                done.append(published)
-        return "; ".join(done) or "nothing due"
+            done.append(self._job("inventory", self._publish_inventory))
+        return "; ".join(d for d in done if d) or "nothing due"
+
+    def _job(self, name: str, fn: Callable[[], str]) -> str:
+        """Run one periodic job inline or in its thread; a round still running is not
+        started again (it is bounded by its own deadlines)."""
+        if not self._background:
+            return fn()
+        running = self._jobs.get(name)
+        if running is not None and running.is_alive():
+            return f"{name} round still running"
+        self._jobs[name] = threading.Thread(target=fn, name=f"agent-{name}", daemon=True)
+        self._jobs[name].start()
+        return ""
 
     def next_due(self) -> float:
         """Monotonic time of the next scheduled work."""

@@ -39,11 +39,13 @@ def lab() -> None:
 @lab.command()
 @click.option("--hosts", type=int, default=3, show_default=True)
 @click.option("--no-install", is_flag=True, help="do not apt-get install missing packages")
+@click.option("--agents/--no-agents", default=True, show_default=True,
+              help="start one health agent (and its etcd relay) per host")
 @lab_options
-def up(hosts: int, no_install: bool, **kw: object) -> None:
+def up(hosts: int, no_install: bool, agents: bool, **kw: object) -> None:
     """Bring the lab up (idempotent: a running lab is kept, a dead daemon restarted)."""
     cfg = make_config(**kw)  # type: ignore[arg-type]
-    cluster.up(cfg, hosts, install=not no_install, echo=click.echo)
+    cluster.up(cfg, hosts, install=not no_install, echo=click.echo, agents=agents)
 
 
 @lab.command()
@@ -130,3 +132,15 @@ def vm_delete(name: str, **kw: object) -> None:
 
     cfg = make_config(**kw)  # type: ignore[arg-type]
     click.echo(f"deleted {name} from {', '.join(guests.delete(cfg, name)) or 'nowhere'}")
+
+
+@lab.command()
+@click.argument("host")
+@click.argument("fault", type=click.Choice(["memory-errors", "libvirt-hang", "agent-kill", "host-kill",
+                                            "partition", "clear"]))
+@lab_options
+def inject(host: str, fault: str, **kw: object) -> None:
+    """Break a lab host on purpose (see drctl/lab/faults.py); `clear` undoes every fault."""
+    from drctl.lab import faults
+
+    faults.inject(make_config(**kw), host, fault, echo=click.echo)  # type: ignore[arg-type]

@@ -337,8 +337,9 @@ def _locked(cfg: LabConfig) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def up(cfg: LabConfig, hosts: int, install: bool = True, echo=print) -> LabState:  # type: ignore[no-untyped-def]
-    """Bring the lab up (idempotent): packages, guest image, etcd, `hosts` libvirt hosts."""
+def up(cfg: LabConfig, hosts: int, install: bool = True, echo=print, agents: bool = True) -> LabState:  # type: ignore[no-untyped-def]
+    """Bring the lab up (idempotent): packages, guest image, etcd, `hosts` libvirt hosts,
+    and (with `agents`) one health agent per host behind its own etcd relay."""
     if os.geteuid() != 0:
         raise ConfigError("the lab needs root (namespaces, bind mounts, libvirtd)")
     if hosts < 1 or hosts > 50:
@@ -348,10 +349,10 @@ def up(cfg: LabConfig, hosts: int, install: bool = True, echo=print) -> LabState
         if missing:
             echo(f"installed {' '.join(missing)}")
     with _locked(cfg):
-        return _up(cfg, hosts, echo)
+        return _up(cfg, hosts, echo, agents)
 
 
-def _up(cfg: LabConfig, hosts: int, echo) -> LabState:  # type: ignore[no-untyped-def]
+def _up(cfg: LabConfig, hosts: int, echo, agents: bool = True) -> LabState:  # type: ignore[no-untyped-def]
     from drctl.lab.guest import build_guest
 
     cfg.console_dir.mkdir(parents=True, exist_ok=True)
@@ -367,6 +368,10 @@ def _up(cfg: LabConfig, hosts: int, echo) -> LabState:  # type: ignore[no-untype
         started = start_host(cfg, state, rec)
         state.save(cfg)
         echo(("started" if started else "kept") + f" {rec.name} at {rec.uri}")
+    if agents:
+        from drctl.lab.agents import start_agents
+
+        start_agents(cfg, state, echo)
     return state
 
 

@@ -53,7 +53,8 @@ class World:
             assert edac.options.keys() == {"root", "window"}
             cfg = AgentConfig(host=h, libvirt_uri=SimCluster.uri(h), probes=probes, labels={"rack": f"r-{h}"},
                               peers=None if h != "hv3" else tuple(Peer(p, SimCluster.uri(p)) for p in HOSTS))
-            self.agents[h] = Agent(cfg, self.store, KEYS, lambda uri, _t: self.sim.connect(uri), self.clock)
+            self.agents[h] = Agent(cfg, self.store, KEYS, lambda uri, _t: self.sim.connect(uri), self.clock,
+                                   background=False)
         self.running = set(HOSTS)
 
     def drive(self, seconds: float, dt: float = 0.05) -> None:
