@@ -234,7 +234,7 @@ class Runner:
             for attempt in Retrying(
                 retry=retry_if_exception_type(TransientError),
                 stop=stop_after_attempt(self.cfg.retry_attempts) | stop_after_delay(self.cfg.retry_total_s),
-                wait=wait_exponential_jitter(initial=self.cfg.retry_initial_s, max=self.cfg.retry_max_s),
+                wait=wait_exponential_jitter(multiplier=self.cfg.retry_initial_s, max=self.cfg.retry_max_s),
                 sleep=self.clock.sleep, reraise=True, before_sleep=audit.retry_scheduled,
             ):
                 with attempt:
@@ -398,7 +398,7 @@ class Runner:
         try:
             for attempt in Retrying(retry=retry_if_exception_type(OutcomeUnknown),
                                     stop=stop_after_attempt(self.cfg.resolve_attempts),
-                                    wait=wait_exponential_jitter(initial=1, max=8), sleep=self.clock.sleep,
+                                    wait=wait_exponential_jitter(multiplier=1, max=8), sleep=self.clock.sleep,
                                     reraise=True, before_sleep=audit.retry_scheduled):
                 with attempt:
                     res, detail = resolve(locate(self._hv, self._involved(it), it.vm), it.src, it.dst)
