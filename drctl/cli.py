@@ -33,6 +33,9 @@ def _register() -> None:
 
     cli.add_command(drain.drain)
     cli.add_command(drain.undrain)
+    from drctl.commands import controller_cmd
+
+    cli.add_command(controller_cmd.controller)
     # further areas register below, one line each
     from drctl.commands import policy_cmd; cli.add_command(policy_cmd.policy)  # noqa: E702
     from drctl.commands import plan as plan_cmd; cli.add_command(plan_cmd.plan)  # noqa: E702

@@ -36,6 +36,7 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
+from drctl.controller_config import ControllerConfig, read_controller
 from drctl.errors import ConfigError
 from drctl.policy.reader import Invalid, Reader, compose, join
 from drctl.policy.units import parse_duration
@@ -79,6 +80,7 @@ class Config:
     path: str = ""
     etcd: EtcdConfig = EtcdConfig()
     agent: AgentConfig | None = None  # None: the file has no agent section
+    controller: ControllerConfig | None = None  # None: the file has no controller section
 
 
 SectionReader = Callable[[Reader, yaml.Node, str], Any]
@@ -177,6 +179,7 @@ def _read_agent(r: Reader, node: yaml.Node, path: str) -> AgentConfig:
 SECTIONS: dict[str, tuple[str, SectionReader]] = {
     "etcd": ("etcd", _read_etcd),
     "agent": ("agent", _read_agent),
+    "controller": ("controller", read_controller),
 }
 
 
