@@ -146,11 +146,33 @@ def test_hung_destination_is_aborted_by_the_watchdog_and_vm_moved_elsewhere(rig:
         runner.close()
     finally:
         os.kill(pid, signal.SIGCONT)
+    # The resumed libvirtd still holds the incoming QEMU of the abandoned migration; it
+    # must never run the guest, and libvirt removes it once it sees the source gone.
+    seen_on_h2 = states_until_gone(rig.lab, H2, "s1", timeout_s=40)
+    assert "running" not in seen_on_h2, seen_on_h2
     assert box and box[0] is not None and box[0].tried == (H2,)
     assert any("watchdog" in e["reason"] for e in rig.events("migration.aborted"))
     to_checking = [e for e in rig.events("intent.state_changed") if e["to"] == "checking" and e["dst"] == H2]
     assert any(f"still on {H1}" in e["reason"] for e in to_checking)  # found on the source first
     assert_arrived(rig, box[0], "s1", H3)
+
+
+def states_until_gone(lab: LabConfig, host: str, vm: str, timeout_s: float) -> list[str]:
+    from drctl.errors import NoSuchDomain
+
+    seen: list[str] = []
+    pace = threading.Event()
+    hv = connect(guests.host_uris(lab)[host], timeout_s=10)
+    try:
+        for _ in range(int(timeout_s / 0.5)):
+            try:
+                seen.append(hv.domain(vm).state.value)
+            except NoSuchDomain:
+                return seen
+            pace.wait(0.5)
+    finally:
+        hv.close()
+    raise AssertionError(f"{vm} still defined on {host} after {timeout_s}s: {seen[-5:]}")
 
 
 def test_destination_without_memory_is_rejected_by_the_precheck(rig: Rig) -> None:
