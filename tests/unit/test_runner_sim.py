@@ -255,3 +255,50 @@ def test_scheduler_respects_concurrency_and_drains_everything(world: World) -> N
     runner.close()
     assert all(final[i].state is IntentState.DONE for i in ids)
     assert all(len(world.cluster.where(f"v{i}")) == 1 for i in range(4))
+
+
+def test_stall_detector_fires_when_dirty_memory_stops_shrinking() -> None:
+    from drctl.convergence import StallDetector, next_step
+    from drctl.hypervisor import JobStats
+
+    d = StallDetector(k_iterations=2, stall_s=1000, deadline_s=1000)
+    t = 0.0
+    verdict = None
+    for it, rem in [(1, 100), (2, 50), (3, 40), (4, 45), (5, 44), (6, 46), (7, 47)]:
+        t += 1
+        verdict = d.observe(JobStats(active=True, memory_iteration=it, memory_remaining=rem << 20), t) or verdict
+    assert verdict and "not shrinking" in verdict
+    d2 = StallDetector(k_iterations=2, stall_s=1000, deadline_s=1000)
+    for i, rem in enumerate([100, 50, 25, 12, 6, 3], start=1):
+        assert d2.observe(JobStats(active=True, memory_iteration=i, memory_remaining=rem), float(i)) is None
+    assert next_step(("raise-downtime", "post-copy"), ["raise-downtime"], False) == "post-copy"
+    assert next_step(("raise-downtime",), ["raise-downtime"], False) == "abort"
+    assert next_step(("post-copy",), ["post-copy"], True) == "wait"  # never abort a post-copy
+
+
+def test_resolve_where_a_vm_runs() -> None:
+    from drctl.verification import Resolution, Where, resolve
+
+    R, W = Resolution, Where
+    assert resolve({"a": W.RUNNING, "b": W.UNKNOWN}, "a", "b")[0] is R.SOURCE
+    assert resolve({"a": W.UNKNOWN, "b": W.RUNNING}, "a", "b")[0] is R.DESTINATION
+    assert resolve({"a": W.PAUSED, "b": W.UNKNOWN}, "a", "b")[0] is R.UNKNOWN
+    assert resolve({"a": W.RUNNING, "b": W.RUNNING}, "a", "b")[0] is R.DUPLICATED
+    assert resolve({"a": W.ABSENT, "b": W.STOPPED}, "a", "b")[0] is R.NOWHERE
+
+
+def test_prechecks_name_each_failure() -> None:
+    from drctl.hypervisor import GuestSupport, HostCapacity
+    from drctl.model import Host, HostState
+    from drctl.prechecks import CheckPolicy, DestFacts, domain_needs, evaluate, summary
+
+    xml = domain_xml("p", GuestImage(Path("/k"), Path("/i")), 1024, Path("/c"),
+                     cpu_xml="<cpu mode='custom'><model>Skylake</model></cpu>")
+    needs = domain_needs(xml)
+    assert needs.memory_mib == 1024 and needs.machine == "pc" and "Skylake" in needs.cpu_xml
+    facts = DestFacts("h2", HostCapacity(4096, 2000, 4, "qemu64", "h2"), GuestSupport(frozenset({"q35"}), frozenset()),
+                      frozenset(), frozenset(), False, Host("h2", 4096, 4, state=HostState.DEGRADED))
+    text = summary(evaluate(facts, needs, incoming_mib=600, policy=CheckPolicy()))
+    for name in ("dest-healthy", "dest-memory", "cpu-compatible", "machine-type"):
+        assert name in text
+    assert "incoming 600" in text
