@@ -90,11 +90,14 @@ class Ledger:
     def _groups(self) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, int]]]:
         if self._anti is None or self._affinity is None:
             self._anti, self._affinity = {}, {}
+            # one pass over every VM: keep the loop body minimal, it runs 200,000 times
             for vm in self.snap.vms.values():
-                for group, table in ((vm.anti_affinity_group, self._anti), (vm.affinity_group, self._affinity)):
-                    if group:
-                        hosts = table.setdefault(group, {})
-                        hosts[vm.host] = hosts.get(vm.host, 0) + 1
+                if vm.anti_affinity_group:
+                    hosts = self._anti.setdefault(vm.anti_affinity_group, {})
+                    hosts[vm.host] = hosts.get(vm.host, 0) + 1
+                if vm.affinity_group:
+                    hosts = self._affinity.setdefault(vm.affinity_group, {})
+                    hosts[vm.host] = hosts.get(vm.host, 0) + 1
         return self._anti, self._affinity
 
     def anti_affinity_hosts(self, group: str) -> Mapping[str, int]:
@@ -395,12 +398,15 @@ def evaluate(
     """Every host but the VM's current one, eligible (best first) then rejected (by name)."""
     ledger, index, needs, groups, here = _prepare(vm, snap, rules, ledger, exclude)
     out = []
+    static: dict[int, tuple[str, ...]] = {}  # per class: hashing `needs` once per host adds up
     for name in sorted(snap.hosts):
         if name == here:
             continue
         host = snap.hosts[name]
-        reasons = list(index.static_reasons(needs, index.class_of[name]))
-        reasons += _dynamic_reasons(vm, host, rules, ledger, groups)
+        cls = index.class_of[name]
+        if id(cls) not in static:
+            static[id(cls)] = index.static_reasons(needs, cls)
+        reasons = [*static[id(cls)], *_dynamic_reasons(vm, host, rules, ledger, groups)]
         if reasons:
             out.append(Candidate(name, False, 0.0, tuple(reasons)))
         else:

@@ -10,8 +10,8 @@ each wave: a barrier schedule, pessimistic but easy to execute and to explain.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, Mapping
 
 from drctl import placement
 from drctl.errors import ConfigError
@@ -109,8 +109,11 @@ def _predict_move(vm: VM, kind: IntentKind, limits: Limits) -> tuple[float, floa
 # ------------------------------------------------------------------ waves
 
 
-def _schedule_waves(moves: list[Move], snap: Snapshot, limits: Limits) -> tuple[list[Move], int, float]:
-    """Assign waves greedily in plan order; returns (moves with waves, waves, makespan)."""
+def _schedule_waves(
+    moves: list[tuple[str, str, IntentKind, float]], snap: Snapshot, limits: Limits
+) -> tuple[list[int], int, float]:
+    """Assign waves greedily in plan order to (src, dst, kind, seconds) moves;
+    returns (wave of each move, number of waves, makespan)."""
     bandwidth = min(limits.bandwidth_mibs, limits.bandwidth_total_mibs)
     slots = max(1, min(limits.max_concurrent, int(limits.bandwidth_total_mibs // bandwidth)))
     pending = list(range(len(moves)))
@@ -123,23 +126,22 @@ def _schedule_waves(moves: list[Move], snap: Snapshot, limits: Limits) -> tuple[
         taken, skipped, longest = 0, [], 0.0
         i = 0
         while i < len(pending) and taken < slots:
-            m = moves[pending[i]]
-            dst_cap = min(limits.max_per_destination, snap.hosts[m.dst].incoming_limit)
+            src, dst, kind, seconds = moves[pending[i]]
+            dst_cap = min(limits.max_per_destination, snap.hosts[dst].incoming_limit)
             # a restart reads nothing from its (dead) source, so the source limit does not apply
-            src_ok = m.kind is IntentKind.RESTART or per_src.get(m.src, 0) < limits.max_per_source
-            if src_ok and per_dst.get(m.dst, 0) < dst_cap:
-                per_src[m.src] = per_src.get(m.src, 0) + 1
-                per_dst[m.dst] = per_dst.get(m.dst, 0) + 1
+            src_ok = kind is IntentKind.RESTART or per_src.get(src, 0) < limits.max_per_source
+            if src_ok and per_dst.get(dst, 0) < dst_cap:
+                per_src[src] = per_src.get(src, 0) + 1
+                per_dst[dst] = per_dst.get(dst, 0) + 1
                 wave_of[pending[i]] = waves
-                longest = max(longest, m.predicted_s)
+                longest = max(longest, seconds)
                 taken += 1
             else:
                 skipped.append(pending[i])
             i += 1
         pending = skipped + pending[i:]  # slice copies run in C: cheap even for 10k moves
         makespan += longest
-    out = [replace(m, wave=w) for m, w in zip(moves, wave_of)]
-    return out, waves, makespan
+    return wave_of, waves, makespan
 
 
 # ------------------------------------------------------------------ evacuation
@@ -158,10 +160,11 @@ def _order(vms: Iterable[VM], vm_order: str) -> list[VM]:
 
 def _free_spread_pct(snap: Snapshot, ledger: placement.Ledger, hosts: Iterable[str]) -> float:
     """max - min of free memory (% of each host's memory) after the plan, over `hosts`."""
-    free = [
-        100.0 * (ledger.free_mib(h) + ledger.released_mib.get(h.name, 0)) / h.memory_mib
-        for h in (snap.hosts[n] for n in hosts)
-    ]
+    reserved, released = ledger.reserved_mib, ledger.released_mib
+    free = []
+    for name in hosts:
+        h = snap.hosts[name]
+        free.append(100.0 * (h.free_mib - reserved.get(name, 0) + released.get(name, 0)) / h.memory_mib)
     return round(max(free) - min(free), 2) if free else 0.0
 
 
@@ -171,6 +174,44 @@ def _receivers(snap: Snapshot, exclude: frozenset[str]) -> list[str]:
 
 def _every_host(snap: Snapshot, reason: str) -> dict[str, tuple[str, ...]]:
     return {h: (reason,) for h in snap.hosts}
+
+
+class _LazyReasons(Mapping[str, tuple[str, ...]]):
+    """Why one unplaced VM fits no host, per host, worked out on first use.
+
+    Explaining costs a check of every host, so it is only paid when someone reads it (the
+    JSON output, an operator, a test), not by a controller that only counts what failed.
+    It reads the plan's final ledger, which nothing changes once the plan is made: capacity
+    only shrinks as a plan grows, so these reasons hold for the plan as a whole.
+    """
+
+    def __init__(
+        self, vm: VM, snap: Snapshot, rules: PlacementRules, ledger: placement.Ledger, exclude: frozenset[str]
+    ) -> None:
+        self._args: tuple[VM, Snapshot, PlacementRules, placement.Ledger, frozenset[str]] | None = (
+            vm, snap, rules, ledger, exclude,
+        )
+        self._reasons: dict[str, tuple[str, ...]] = {}
+
+    def _get(self) -> dict[str, tuple[str, ...]]:
+        if self._args is not None:
+            vm = self._args[0]
+            self._reasons = {c.host: c.reasons for c in placement.evaluate(*self._args)}
+            self._reasons[vm.host] = ("current host", "evacuating")
+            self._args = None  # let the ledger go
+        return self._reasons
+
+    def __getitem__(self, host: str) -> tuple[str, ...]:
+        return self._get()[host]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+    def __repr__(self) -> str:
+        return repr(self._get())
 
 
 def plan_evacuation(
@@ -186,7 +227,7 @@ def plan_evacuation(
         raise ConfigError(f"evacuate: unknown host {unknown[0]!r}")
     ledger = placement.Ledger(snap)
     placed: list[tuple[VM, str, IntentKind]] = []
-    unplaced: dict[str, dict[str, tuple[str, ...]]] = {}
+    unplaced: dict[str, Mapping[str, tuple[str, ...]]] = {}
     failed: list[VM] = []
     vms = _order((v for v in snap.vms.values() if v.host in evacuating), vm_order)
     for vm in vms:
@@ -197,16 +238,11 @@ def plan_evacuation(
             unplaced[vm.name] = _every_host(snap, f"local disks are on {vm.host}, which is down")
         elif (best := placement.choose(vm, snap, rules, ledger, evacuating)) is None:
             failed.append(vm)
-            unplaced[vm.name] = {}
         else:
             ledger.reserve(vm, best.host)
             placed.append((vm, best.host, kind))
-    # Reasons only for what failed, against the final ledger: capacity only shrinks as a plan
-    # grows, so these are the reasons that hold for the plan as a whole.
     for vm in failed:
-        reasons = {c.host: c.reasons for c in placement.evaluate(vm, snap, rules, ledger, evacuating)}
-        reasons[vm.host] = ("current host", "evacuating")
-        unplaced[vm.name] = reasons
+        unplaced[vm.name] = _LazyReasons(vm, snap, rules, ledger, evacuating)
     before = _free_spread_pct(snap, placement.Ledger(snap), _receivers(snap, evacuating))
     plan = _finish(snap, limits, placed, [(v, unplaced[v.name]) for v in vms if v.name in unplaced])
     plan.summary.update(
@@ -224,11 +260,14 @@ def _finish(
     placed: list[tuple[VM, str, IntentKind]],
     unplaced: list[tuple[VM, Mapping[str, tuple[str, ...]]]],
 ) -> Plan:
-    moves = []
-    for vm, dst, kind in placed:
-        seconds, downtime, note = _predict_move(vm, kind, limits)
-        moves.append(Move(vm.name, vm.host, dst, 0, seconds, downtime, kind, note))
-    moves, waves, makespan = _schedule_waves(moves, snap, limits)
+    predicted = [(vm, dst, kind, *_predict_move(vm, kind, limits)) for vm, dst, kind in placed]
+    wave_of, waves, makespan = _schedule_waves(
+        [(vm.host, dst, kind, seconds) for vm, dst, kind, seconds, _, _ in predicted], snap, limits
+    )
+    moves = [
+        Move(vm.name, vm.host, dst, wave, seconds, downtime, kind, note)
+        for (vm, dst, kind, seconds, downtime, note), wave in zip(predicted, wave_of)
+    ]
     migrated_mib = sum(vm.memory_mib for vm, _, kind in placed if kind is IntentKind.MIGRATE)
     summary = {
         "placed": len(moves),
@@ -242,7 +281,7 @@ def _finish(
     }
     return Plan(
         moves=tuple(moves),
-        unplaced=tuple(Unplaced(vm.name, vm.host, dict(reasons)) for vm, reasons in unplaced),
+        unplaced=tuple(Unplaced(vm.name, vm.host, reasons) for vm, reasons in unplaced),
         waves=waves,
         predicted_makespan_s=makespan,
         summary=summary,

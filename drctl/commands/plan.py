@@ -44,12 +44,23 @@ def plan(
 
     try:
         snap = load_snapshot(snapshot_path)
-        rules, limits = _rules_and_limits(policy_path)
+        rules, limits, rebalance_args = PlacementRules(), Limits(), {}
+        if policy_path is not None:
+            # Imported only when asked for: planning from a snapshot needs no policy machinery.
+            from drctl.policy import load_policy
+
+            policy = load_policy(policy_path)
+            snap = policy.apply_groups(snap)  # the policy's (anti-)affinity groups count too
+            rules, limits = policy.rules, policy.limits
+            rebalance_args = {
+                "target_spread_pct": policy.rebalance.target_spread_pct,
+                "max_moves": policy.rebalance.max_moves,
+            }
         if evacuate:
             hosts = [h.strip() for h in evacuate.split(",") if h.strip()]
             result = planner.plan_evacuation(snap, hosts, rules, limits)
         else:
-            result = planner.plan_rebalance(snap, rules, limits)
+            result = planner.plan_rebalance(snap, rules, limits, **rebalance_args)
     except ConfigError as e:
         click.echo(f"drctl: error: {e}", err=True)
         ctx.exit(EXIT_BAD_INPUT)
@@ -58,16 +69,6 @@ def plan(
     else:
         _print_table(result)
     ctx.exit(EXIT_PARTIAL if result.unplaced else 0)
-
-
-def _rules_and_limits(policy_path: str | None) -> tuple[PlacementRules, Limits]:
-    if policy_path is None:
-        return PlacementRules(), Limits()
-    # Imported only when asked for: planning from a snapshot needs no policy machinery.
-    from drctl.policy import load_policy
-
-    policy = load_policy(policy_path)
-    return policy.rules, policy.limits
 
 
 def _print_table(result: Plan) -> None:

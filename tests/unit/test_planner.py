@@ -18,7 +18,7 @@ from tests.unit.clusters import snapshots
 
 # DRCTL_PROP_EXAMPLES=5000 for a long soak; the default keeps the unit suite at seconds.
 PROPS = settings(
-    max_examples=int(os.environ.get("DRCTL_PROP_EXAMPLES", "150")),
+    max_examples=int(os.environ.get("DRCTL_PROP_EXAMPLES", "100")),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )

@@ -145,3 +145,19 @@ def test_plan_real_entry_point_exit_codes(tmp_path: Path) -> None:
     assert len(bad.stderr.strip().splitlines()) == 1
     partial = subprocess.run([*run, str(EXAMPLE), "--evacuate", "hv1", "--json"], capture_output=True, text=True)
     assert partial.returncode == 3 and json.loads(partial.stdout)["summary"]["unplaced"] == 1
+
+
+def test_plan_with_policy(tmp_path: Path) -> None:
+    policy = Path(__file__).resolve().parents[2] / "policies" / "proactive-evacuation.yaml"
+    if not policy.exists():
+        pytest.skip("no example policy")
+    result = CliRunner().invoke(cli, ["plan", "--snapshot", str(EXAMPLE), "--policy", str(policy), "--rebalance", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["summary"]["kind"] == "rebalance"
+
+
+def test_plan_with_bad_policy_exits_2(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 99\nnot: [valid\n")
+    result = CliRunner().invoke(cli, ["plan", "--snapshot", str(EXAMPLE), "--policy", str(bad), "--evacuate", "hv1"])
+    assert result.exit_code == 2 and result.stdout == "" and result.stderr.startswith("drctl: error: ")
