@@ -116,7 +116,8 @@ def _start_agent(cfg: LabConfig, state: LabState, rec: HostRecord) -> bool:
 
 
 def start_agents(cfg: LabConfig, state: LabState, echo=print, timeout_s: float = 30.0) -> None:  # type: ignore[no-untyped-def]
-    """Start (or keep) each lab host's relay and agent; wait until every agent reports."""
+    """Start (or keep) each lab host's relay and agent; wait until every agent reports
+    its health and has published its inventory."""
     started = []
     for rec in sorted(state.hosts.values(), key=lambda r: r.n):
         if _start_relay(cfg, state, rec):
@@ -140,7 +141,9 @@ def wait_reporting(cfg: LabConfig, hosts: list[str], timeout_s: float) -> None:
         missing = list(hosts)
         while missing and time.monotonic() < deadline:
             try:
-                missing = [h for h in missing if store.get(keys.health(h)) is None]
+                # inventory too: peers find each other through it ("peers: auto")
+                missing = [h for h in missing
+                           if store.get(keys.health(h)) is None or store.get(keys.inventory(h)) is None]
             except StoreError:
                 pass  # etcd just started: ask again
             time.sleep(0.1)
