@@ -348,6 +348,15 @@ def _sentence(out: list[Decision], view: View) -> str:
     running = sum(1 for i in view.intents if not i.state.terminal)
     if running:
         return f"waiting on {running} intent(s) in {len(view.incidents)} incident(s)"
+    stuck = sorted(i.id for i in view.incidents.values() if i.phase is IncidentPhase.NEEDS_HUMAN)
+    if stuck:
+        return f"{', '.join(stuck)} need(s) a human; nothing else to do"
+    waiting = sorted(f"{i.id} ({i.phase.value})" for i in view.incidents.values())
+    if waiting:
+        return f"waiting on {', '.join(waiting)}"
+    unwell = sorted(f"{n} {h.state.value}" for n, h in view.snapshot.hosts.items() if h.state is not HostState.HEALTHY)
+    if unwell:
+        return f"nothing to do ({', '.join(unwell)}, no VMs to move)"
     return f"all {len(view.snapshot.hosts)} hosts steady; nothing to do"
 
 

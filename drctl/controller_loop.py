@@ -243,11 +243,13 @@ class ControllerLoop:
         if d.host in (self.state.fencing or set()):
             return
         agent = self.fence_agents.get(d.agent)
-        inc = view.incidents.get(d.incident)
+        inc = self._incident(d.incident)  # just written by this tick's UpdateIncident
         audit.emit(events.FENCE_REQUESTED, incident=d.incident, host=d.host, agent=d.agent, term=lead.term)
-        if agent is None or inc is None:
+        if agent is None:
             self._needs_human(lead, d, inc, f"no fence agent named {d.agent!r} is configured")
             return
+        if inc is None:
+            return  # not written (we were deposed): the next leader decides again
         assert self.state.fencing is not None
         self.state.fencing.add(d.host)
 
@@ -255,6 +257,7 @@ class ControllerLoop:
             try:
                 result = agent.off(d.host)
                 current = self._incident(d.incident) or inc
+                assert current is not None
                 if result.confirmed_off:
                     audit.emit(events.FENCE_SUCCEEDED, incident=d.incident, host=d.host, agent=d.agent,
                                detail=result.detail)

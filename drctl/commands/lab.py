@@ -42,10 +42,12 @@ def lab() -> None:
 @click.option("--agents/--no-agents", default=True, show_default=True,
               help="start one health agent (and its etcd relay) per host")
 @lab_options
-def up(hosts: int, no_install: bool, agents: bool, **kw: object) -> None:
+@click.option("--controllers", type=int, default=0, show_default=True,
+              help="also run this many controller replicas (lab policy deploy/lab/lab-policy.yaml)")
+def up(hosts: int, no_install: bool, agents: bool, controllers: int, **kw: object) -> None:
     """Bring the lab up (idempotent: a running lab is kept, a dead daemon restarted)."""
     cfg = make_config(**kw)  # type: ignore[arg-type]
-    cluster.up(cfg, hosts, install=not no_install, echo=click.echo, agents=agents)
+    cluster.up(cfg, hosts, install=not no_install, echo=click.echo, agents=agents, controllers=controllers)
 
 
 @lab.command()

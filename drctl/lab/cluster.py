@@ -337,7 +337,8 @@ def _locked(cfg: LabConfig) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def up(cfg: LabConfig, hosts: int, install: bool = True, echo=print, agents: bool = True) -> LabState:  # type: ignore[no-untyped-def]
+def up(cfg: LabConfig, hosts: int, install: bool = True, echo=print, agents: bool = True,  # type: ignore[no-untyped-def]
+       controllers: int = 0) -> LabState:
     """Bring the lab up (idempotent): packages, guest image, etcd, `hosts` libvirt hosts,
     and (with `agents`) one health agent per host behind its own etcd relay."""
     if os.geteuid() != 0:
@@ -349,10 +350,11 @@ def up(cfg: LabConfig, hosts: int, install: bool = True, echo=print, agents: boo
         if missing:
             echo(f"installed {' '.join(missing)}")
     with _locked(cfg):
-        return _up(cfg, hosts, echo, agents)
+        return _up(cfg, hosts, echo, agents, controllers)
 
 
-def _up(cfg: LabConfig, hosts: int, echo, agents: bool = True) -> LabState:  # type: ignore[no-untyped-def]
+def _up(cfg: LabConfig, hosts: int, echo, agents: bool = True,  # type: ignore[no-untyped-def]
+        controllers: int = 0) -> LabState:
     from drctl.lab.guest import build_guest
 
     cfg.console_dir.mkdir(parents=True, exist_ok=True)
@@ -372,6 +374,10 @@ def _up(cfg: LabConfig, hosts: int, echo, agents: bool = True) -> LabState:  # t
         from drctl.lab.agents import start_agents
 
         start_agents(cfg, state, echo)
+    if controllers:
+        from drctl.lab.controllers import start_controllers
+
+        start_controllers(cfg, state, controllers, echo)
     return state
 
 

@@ -1,0 +1,82 @@
+"""Controller replicas for the lab: `drctl lab up --controllers N`.
+
+    <lab>/controllers/ctl-N/controller.yaml  its configuration
+    <lab>/controllers/ctl-N/audit.jsonl      its audit stream
+    <lab>/controllers/ctl-N/controller.log   what it printed
+
+Each replica talks to the lab's etcd directly (controllers are not hypervisor hosts, so
+they are not behind a host's relay), fences with the lab's power switch and judges guest
+health by console ticks.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import yaml
+
+from drctl.lab.cluster import LabConfig, LabState, _spawn, pid_alive, stop_pid
+
+LAB_POLICY = Path(__file__).resolve().parents[2] / "deploy" / "lab" / "lab-policy.yaml"
+
+
+def controller_dir(cfg: LabConfig, name: str) -> Path:
+    return cfg.dir / "controllers" / name
+
+
+def controller_key(name: str) -> str:
+    return f"controller:{name}"
+
+
+def controller_config(cfg: LabConfig, name: str, policy: Path = LAB_POLICY) -> dict:
+    d = controller_dir(cfg, name)
+    return {
+        "etcd": {"endpoints": [cfg.etcd_endpoint], "prefix": "/drctl/", "timeout": "2s"},
+        "controller": {
+            "name": name,
+            "policy": str(policy),
+            "lease_ttl": "2s",
+            "tick_interval": "500ms",
+            "audit_file": str(d / "audit.jsonl"),
+            "guest_health": "lab",
+            "lab_dir": str(cfg.dir),
+            "runner": {"enabled": True, "lease_ttl": "2s"},
+            "fence_agents": {"lab": {"type": "lab", "lab_dir": str(cfg.dir)}},
+        },
+    }
+
+
+def start_controllers(cfg: LabConfig, state: LabState, replicas: int, echo=print,  # type: ignore[no-untyped-def]
+                      policy: Path = LAB_POLICY) -> list[str]:
+    """Start (or keep) `replicas` controllers ctl-1..N; returns the names started."""
+    started = []
+    for n in range(1, replicas + 1):
+        name = f"ctl-{n}"
+        if pid_alive(state.extra_pids.get(controller_key(name), 0), f"--name {name}"):
+            continue
+        d = controller_dir(cfg, name)
+        d.mkdir(parents=True, exist_ok=True)
+        conf = d / "controller.yaml"
+        conf.write_text(yaml.safe_dump(controller_config(cfg, name, policy), sort_keys=False))
+        argv = [sys.executable, "-m", "drctl.cli", "controller", "--config", str(conf), "--name", name]
+        state.extra_pids[controller_key(name)] = _spawn(argv, d / "controller.log")
+        state.save(cfg)
+        started.append(name)
+        echo(f"started controller {name}")
+    return started
+
+
+def stop_controller(cfg: LabConfig, name: str, hard: bool = False) -> int:
+    """Stop one replica (SIGKILL with `hard`); returns its pid (0 if it was not running)."""
+    import os
+    import signal
+
+    state = LabState.load(cfg)
+    pid = state.extra_pids.get(controller_key(name), 0)
+    if not pid_alive(pid, f"--name {name}"):
+        return 0
+    if hard:
+        os.kill(pid, signal.SIGKILL)
+    else:
+        stop_pid(pid)
+    return pid
