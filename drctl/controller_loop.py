@@ -290,7 +290,6 @@ class ControllerLoop:
     def _write_intents(self, d: WriteIntents, lead: Leadership, view: View, snap: Snapshot, now: float) -> None:
         from drctl import placement
 
-        inc = view.incidents.get(d.incident) or self._incident(d.incident)
         rules = self.policy.rules
         snap = self.policy.apply_groups(snap)
         ledger = placement.Ledger(snap)
@@ -313,9 +312,12 @@ class ControllerLoop:
                        src=snap.vms[vm_name].host if vm_name in snap.vms else "", candidates=[], reason=why)
         if d.dry_run or not built:
             return
-        if create_intents(self.store, self.keys, built, guards=lead.guard()) and inc is not None:
-            nxt = replace(inc, intents=tuple(sorted({*inc.intents, *(i.id for i in built)})))
-            self._write(lead, self.keys.incident(inc.id), incident_to_json(nxt))
+        if create_intents(self.store, self.keys, built, guards=lead.guard()):
+            # re-read: an UpdateIncident earlier in this tick changed it since the view
+            inc = self._incident(d.incident)
+            if inc is not None:
+                nxt = replace(inc, intents=tuple(sorted({*inc.intents, *(i.id for i in built)})))
+                self._write(lead, self.keys.incident(inc.id), incident_to_json(nxt))
 
     def _remove_stale_copies(self, records: ClusterRecords, lead: Leadership) -> None:
         """A host that comes back after being fenced still has its old VMs defined: they
