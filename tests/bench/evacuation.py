@@ -1,6 +1,6 @@
 """Evacuation benchmark: drain a lab host of 6 ticking 128 MiB guests at concurrency 1, 2, 3.
 
-Brings up its own lab (own directory, addresses and ports; DRCTL_BENCH_LAB_* override them)
+Brings up its own lab (own directory, addresses and ports; DRCTL_EVAC_LAB_* override them)
 and tears it down. Each migration is capped at 32 MiB/s, so one at a time cannot beat the
 bound ΣRAM ÷ bandwidth = 6 × 128 MiB ÷ 32 MiB/s = 24 s. Reports makespan against that bound,
 per-VM downtime against the configured limit, and data sent ÷ RAM.
@@ -37,11 +37,12 @@ SRC, DESTS = "labhost1", ("labhost2", "labhost3", "labhost4")
 
 def bench_lab() -> LabConfig:
     env = os.environ.get
-    return LabConfig(dir=Path(env("DRCTL_BENCH_LAB_DIR", "/var/lib/drctl-lab-bench")),
-                     etcd_port=int(env("DRCTL_BENCH_LAB_ETCD_PORT", "23795")),
-                     etcd_peer_port=int(env("DRCTL_BENCH_LAB_ETCD_PEER_PORT", "23805")),
-                     addr_prefix=env("DRCTL_BENCH_LAB_ADDR_PREFIX", "127.0.6"),
-                     migration_port_base=int(env("DRCTL_BENCH_LAB_MIGRATION_PORT_BASE", "54152")))
+    # a lab of its own, apart from the test suite's and the other benches' (DRCTL_EVAC_LAB_* override)
+    return LabConfig(dir=Path(env("DRCTL_EVAC_LAB_DIR", "/var/lib/drctl-lab-evacuation")),
+                     etcd_port=int(env("DRCTL_EVAC_LAB_ETCD_PORT", "23797")),
+                     etcd_peer_port=int(env("DRCTL_EVAC_LAB_ETCD_PEER_PORT", "23807")),
+                     addr_prefix=env("DRCTL_EVAC_LAB_ADDR_PREFIX", "127.0.17"),
+                     migration_port_base=int(env("DRCTL_EVAC_LAB_MIGRATION_PORT_BASE", "57152")))
 
 
 def evacuate(lab: LabConfig, sink: audit.AuditSink, moves: list[tuple[str, str, str]], concurrency: int,
