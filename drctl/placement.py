@@ -256,6 +256,8 @@ class _GroupView:
 
     @classmethod
     def of(cls, vm: VM, snap: Snapshot, rules: PlacementRules, ledger: Ledger) -> _GroupView:
+        if not vm.anti_affinity_group and not vm.affinity_group:
+            return _NO_GROUPS  # most VMs: skip the work below
         here = ledger.host_of(vm)
 
         def others(table: Mapping[str, int]) -> frozenset[str]:
@@ -268,6 +270,9 @@ class _GroupView:
             domains = frozenset(d for h in anti if (d := snap.hosts[h].labels.get(label)) is not None)
         affinity = others(ledger.affinity_hosts(vm.affinity_group)) if vm.affinity_group else frozenset()
         return cls(anti, domains, affinity)
+
+
+_NO_GROUPS = _GroupView(frozenset(), frozenset(), frozenset())
 
 
 def _dynamic_checks(vm: VM, host: Host, rules: PlacementRules, ledger: Ledger, groups: _GroupView) -> list[bool]:
