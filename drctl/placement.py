@@ -15,7 +15,8 @@ Rules (see docs/planning.md):
   source is not credited until the move is done (conservative during a plan).
 - CPU capacity is not a hard limit (hosts overcommit vCPUs); it only lowers the score.
 - required CPU model must equal the host's (`qemu64`, the baseline, runs anywhere); required
-  features and machine type must be offered; every network must be present.
+  features and machine type must be offered; every network must be present; the host's
+  hypervisor version must not be older than the source's (when both are known).
 - disks: a shared disk needs its pool on the destination; a local disk needs a pool of that
   name to create the image in (libvirt's storage copy fails with "Storage pool not found"
   otherwise); a local disk with no pool named is pre-created by the runner (`qemu-img`).
@@ -151,9 +152,10 @@ class _Needs:
     shared_pools: frozenset[str]
     local_pools: frozenset[str]
     host_rules: tuple[bool, ...]  # which host-affinity rules apply to this VM
+    min_hypervisor: tuple[int, ...]  # QEMU/libvirt cannot migrate a guest to an older version
 
     @classmethod
-    def of(cls, vm: VM, rules: PlacementRules) -> _Needs:
+    def of(cls, vm: VM, rules: PlacementRules, snap: Snapshot) -> _Needs:
         return cls(
             cpu_model="" if vm.cpu_model == "qemu64" else vm.cpu_model,
             cpu_features=vm.cpu_features,
@@ -162,7 +164,16 @@ class _Needs:
             shared_pools=frozenset(d.pool for d in vm.disks if d.pool and d.storage is StorageKind.SHARED),
             local_pools=frozenset(d.pool for d in vm.disks if d.pool and d.storage is StorageKind.LOCAL),
             host_rules=tuple(r.vms.matches(vm) for r in rules.host_affinity),
+            min_hypervisor=version_tuple(snap.hosts[vm.host].hypervisor_version),
         )
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """"9.0.0" -> (9, 0, 0); anything unparsable -> () (unknown: not compared)."""
+    try:
+        return tuple(int(part) for part in version.split(".")) if version else ()
+    except ValueError:
+        return ()
 
 
 def _is_spare(host: Host, rules: PlacementRules) -> bool:
@@ -177,6 +188,7 @@ def _class_key(host: Host, rules: PlacementRules, exclude: frozenset[str]) -> tu
         host.incoming_limit <= 0,
         host.cpu_model,
         host.cpu_features,
+        host.hypervisor_version,
         host.machine_types,
         host.networks,
         host.storage_pools,
@@ -204,6 +216,10 @@ def _static_reasons(needs: _Needs, host: Host, rules: PlacementRules, exclude: f
         reasons.append(f"cpu: model {needs.cpu_model} required, host has {host.cpu_model}")
     if missing := needs.cpu_features - host.cpu_features:
         reasons.append(f"cpu: missing features {','.join(sorted(missing))}")
+    host_version = version_tuple(host.hypervisor_version)
+    if needs.min_hypervisor and host_version and host_version < needs.min_hypervisor:
+        wanted = ".".join(map(str, needs.min_hypervisor))
+        reasons.append(f"hypervisor: {host.hypervisor_version} older than source {wanted}")
     if needs.machine_type and needs.machine_type not in host.machine_types:
         reasons.append(f"machine-type: {needs.machine_type} not offered")
     if missing := needs.networks - host.networks:
@@ -387,7 +403,7 @@ def _prepare(
     return (
         ledger,
         ledger.index(snap, rules, exclude),
-        _Needs.of(vm, rules),
+        _Needs.of(vm, rules, snap),
         _GroupView.of(vm, snap, rules, ledger),
         ledger.host_of(vm),
     )

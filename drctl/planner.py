@@ -222,6 +222,7 @@ def plan_evacuation(
     vm_order: str = "priority",
 ) -> Plan:
     """Move every VM off `hosts`: live migration from live hosts, restart from dead ones."""
+    _check_limits(limits)
     evacuating = frozenset(hosts)
     if unknown := sorted(evacuating - snap.hosts.keys()):
         raise ConfigError(f"evacuate: unknown host {unknown[0]!r}")
@@ -252,6 +253,12 @@ def plan_evacuation(
         free_memory_spread_pct={"before": before, "after": _free_spread_pct(snap, ledger, _receivers(snap, evacuating))},
     )
     return plan
+
+
+def _check_limits(limits: Limits) -> None:
+    for name in ("max_concurrent", "max_per_source", "max_per_destination", "bandwidth_mibs", "bandwidth_total_mibs"):
+        if getattr(limits, name) <= 0:
+            raise ConfigError(f"limits.{name}: must be > 0, got {getattr(limits, name)}")
 
 
 def _finish(
@@ -312,6 +319,7 @@ def plan_rebalance(
     A move is taken only if the pair ends cooler than the hot host was, and every move
     goes through `placement.choose`, so no rule is broken to balance. Spare hosts are
     neither balanced nor filled: they are capacity kept back for failures."""
+    _check_limits(limits)
     pool = sorted(
         n
         for n in _receivers(snap, frozenset())

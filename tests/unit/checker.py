@@ -51,7 +51,8 @@ def check_plan(
             bad.append(f"{m.vm}: not migratable, but moved")
         if not src_alive and m.kind != IntentKind.RESTART:
             bad.append(f"{m.vm}: live migration from a host that is down")
-        bad += [f"{m.vm} -> {m.dst}: {p}" for p in _compat_problems(vm, dst, rules)]
+        src_version = snap.hosts[vm.host].hypervisor_version
+        bad += [f"{m.vm} -> {m.dst}: {p}" for p in _compat_problems(vm, dst, rules, src_version)]
         taken[m.dst] += vm.memory_mib
         where[m.vm] = m.dst
     for name, extra in taken.items():
@@ -65,8 +66,16 @@ def check_plan(
     return bad
 
 
-def _compat_problems(vm, host, rules: PlacementRules) -> list[str]:
+def _version(text: str) -> list[int] | None:
+    parts = text.split(".") if text else []
+    return [int(p) for p in parts] if parts and all(p.isdigit() for p in parts) else None
+
+
+def _compat_problems(vm, host, rules: PlacementRules, src_version: str = "") -> list[str]:
     out = []
+    mine, theirs = _version(src_version), _version(host.hypervisor_version)
+    if mine is not None and theirs is not None and theirs < mine:
+        out.append("older hypervisor")
     if vm.cpu_model not in ("", "qemu64", host.cpu_model):
         out.append("cpu model")
     if not vm.cpu_features <= host.cpu_features:

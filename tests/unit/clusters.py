@@ -46,6 +46,7 @@ def _hosts(rnd: random.Random, n: int) -> dict[str, Host]:
             reserved_mib=rnd.choice([0, 512, 1024]),
             cpu_used=float(rnd.randint(0, 40)),
             cpu_features=_subset(rnd, FEATURES),
+            hypervisor_version=rnd.choice(["", "8.2.0", "9.0.0", "9.0.0"]),
             networks=_subset(rnd, NETWORKS),
             storage_pools=_subset(rnd, POOLS),
             labels=labels,

@@ -160,3 +160,9 @@ def test_affinity_group_prefers_its_members_host() -> None:
     )
     assert choose(VM("c2", "src", 1024, affinity_group="cache"), snap, RULES).host == "a"
     assert choose(VM("other", "src", 1024), snap, RULES).host == "b"
+
+
+def test_no_migration_to_an_older_hypervisor() -> None:
+    hosts = {n: Host(n, 65536, 8, hypervisor_version=v) for n, v in (("src", "9.0.0"), ("old", "8.2.0"), ("new", "9.1"), ("unknown", ""))}
+    r = _reasons(VM("v", "src", 1024), Snapshot(hosts, {}))
+    assert r == {"old": ("hypervisor: 8.2.0 older than source 9.0.0",), "new": (), "unknown": ()}

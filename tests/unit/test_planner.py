@@ -246,3 +246,8 @@ def test_property_choose_is_the_best_candidate_of_evaluate(snap: Snapshot, rules
         assert best == (eligible[0] if eligible else None)
         if best is not None and data.draw(st.booleans()):
             ledger.reserve(vm, best.host)  # later VMs see a partly filled cluster
+
+
+def test_zero_limits_are_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="limits.bandwidth_mibs: must be > 0"):
+        planner.plan_evacuation(_cluster(), ["hv0"], PlacementRules(), Limits(bandwidth_mibs=0))
