@@ -73,6 +73,7 @@ class RunnerConfig:
     checks: CheckPolicy = CheckPolicy()
     reserved_mib: Mapping[str, int] = field(default_factory=dict)  # per host, kept back from placement
     verify_timeout_s: float = 30.0
+    boot_timeout_s: float = 120.0  # restarts: TCG guests boot in 4-7 s alone, far slower in a crowd
     source_idle_timeout_s: float = 60.0  # wait for an earlier (hung) job on the source to end
     min_deadline_s: float = 30.0
     rescan_s: float = 2.0  # run_forever: full rescan period besides watch wake-ups
@@ -430,7 +431,10 @@ class Runner:
             return self._to(it, S.FAILED, f"verification: VM {res.value} ({detail})")
         hv = self._hv(it.dst)
         try:
-            health = self.health.check(it.vm, it.dst, hv, self._marks.get(it.id), self.cfg.verify_timeout_s)
+            timeout = self.cfg.verify_timeout_s
+            if it.kind is IntentKind.RESTART:
+                timeout = max(timeout, self.cfg.boot_timeout_s)  # a cold boot, not a warm arrival
+            health = self.health.check(it.vm, it.dst, hv, self._marks.get(it.id), timeout)
         except DrctlError as e:
             health = None
             why = f"health check failed: {e}"
@@ -479,7 +483,9 @@ class Runner:
             return self._to(it, S.VERIFYING, "no second start")
         needs = domain_needs(xml)
         self._precheck(it, needs, with_address=False)
-        self._marks.setdefault(it.id, self.health.mark(it.vm))
+        # a restart is a fresh boot: health implementations that can tell one apart
+        # (console ticks start again from 1) get to mark it as such
+        self._marks.setdefault(it.id, getattr(self.health, "mark_boot", self.health.mark)(it.vm))
         it = self._to(it, S.MIGRATING, f"restarting on {it.dst} from the stored definition",
                       attempt=it.attempt + 1, memory_mib=it.memory_mib or needs.memory_mib)
         box[0] = it

@@ -6,14 +6,26 @@ panics after arrival about once in 25 throttled migrations, DESIGN §3): unhealt
 """
 from __future__ import annotations
 
+import re
 import threading
 import time
+from dataclasses import dataclass
 
 from drctl.hypervisor import DomainState, Hypervisor
 from drctl.lab.cluster import LabConfig
 from drctl.lab.guest import Tick, last_tick
 from drctl.lab.guests import console_path
 from drctl.verification import Health
+
+_TICK = re.compile(r"drctl-tick (\d+) up ([0-9.]+)")
+
+
+@dataclass(frozen=True)
+class BootMark:
+    """Before a restart: where the console file ended. A fresh boot counts ticks from 1
+    again, so any tick line written after this offset means the new guest runs."""
+
+    offset: int
 
 
 class ConsoleTicks:
@@ -24,7 +36,28 @@ class ConsoleTicks:
     def mark(self, vm: str) -> object:
         return last_tick(console_path(self.cfg, vm))
 
+    def mark_boot(self, vm: str) -> object:
+        path = console_path(self.cfg, vm)
+        return BootMark(path.stat().st_size if path.exists() else 0)
+
+    def _booted(self, vm: str, host: str, hv: Hypervisor, mark: BootMark, timeout_s: float) -> Health:
+        path = console_path(self.cfg, vm)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            state = hv.domain(vm).state
+            if state is not DomainState.RUNNING:
+                return Health(False, f"{vm} on {host} is {state.value}")
+            with open(path, "rb") as fh:
+                fh.seek(mark.offset)
+                ticks = _TICK.findall(fh.read().decode(errors="replace"))
+            if ticks:
+                return Health(True, f"guest booted: tick {ticks[-1][0]}, up {float(ticks[-1][1]):.0f}s")
+            time.sleep(self.poll_s)
+        return Health(False, f"restarted guest printed no tick within {timeout_s:.0f}s")
+
     def check(self, vm: str, host: str, hv: Hypervisor, mark: object, timeout_s: float) -> Health:
+        if isinstance(mark, BootMark):
+            return self._booted(vm, host, hv, mark, timeout_s)
         state = hv.domain(vm).state
         if state is not DomainState.RUNNING:
             return Health(False, f"{vm} on {host} is {state.value}")
