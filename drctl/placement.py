@@ -399,7 +399,7 @@ class _Index:
 def _prepare(
     vm: VM, snap: Snapshot, rules: PlacementRules, ledger: Ledger | None, exclude: frozenset[str]
 ) -> tuple[Ledger, _Index, _Needs, _GroupView, str]:
-    ledger = ledger or Ledger(snap)
+    ledger = Ledger(snap) if ledger is None else ledger
     return (
         ledger,
         ledger.index(snap, rules, exclude),
