@@ -36,7 +36,7 @@ from drctl.migration import MigrationJob, Outcome, ProgressCallback, Result, Wat
 from drctl.model import Host, IntentKind, IntentState, Limits
 from drctl.prechecks import CheckPolicy, CheckResult, DomainNeeds, domain_needs, evaluate, failed, gather, summary, tcp_reachable
 from drctl.storage_prep import DirPoolPreparer, StoragePreparer
-from drctl.store import Store
+from drctl.store import EventKind, Store
 from drctl.store.keys import Keys
 from drctl.verification import (DomainRunning, GuestHealth, Resolution, Where, close_quietly, locate, resolve)
 
@@ -144,7 +144,11 @@ class Runner:
         if len(busy) >= lim.max_concurrent:
             return False
         if it.kind is IntentKind.RESTART:
-            return sum(b.dst == it.dst for b in busy) < lim.max_per_destination
+            # a restarted guest booting (verifying) costs the destination no more than any
+            # running VM: only restarts still being started take a destination's slot, so
+            # every VM of a dead host is started again at once, not one boot at a time
+            starting = [b for b in busy if b.kind is IntentKind.RESTART and b.state is not S.VERIFYING]
+            return sum(b.dst == it.dst for b in starting) < lim.max_per_destination
         moving = [b for b in busy if b.kind is IntentKind.MIGRATE]
         return (sum(b.src == it.src for b in moving) < lim.max_per_source
                 and sum(b.dst == it.dst for b in busy) < lim.max_per_destination
@@ -152,9 +156,13 @@ class Runner:
                 <= lim.bandwidth_total_mibs)
 
     def run_forever(self, stop: threading.Event) -> None:
-        """Schedule until `stop` is set: wakes on every intent change and every `rescan_s`."""
+        """Schedule until `stop` is set: wakes on every intent change, on every claim that
+        goes (a dead runner's claims lapse with its lease: pick its intents up at once, not
+        at the next rescan) and every `rescan_s`."""
         wake = threading.Event()
-        watch = self.store.watch_prefix(self.keys.intents_prefix(), lambda _ev: wake.set())
+        watches = [self.store.watch_prefix(self.keys.intents_prefix(), lambda _ev: wake.set()),
+                   self.store.watch_prefix(self.keys.intent_claims_prefix(),
+                                           lambda ev: wake.set() if ev.kind is EventKind.DELETE else None)]
         try:
             while not stop.is_set():
                 if not self._lease_lost.is_set():
@@ -162,7 +170,8 @@ class Runner:
                 wake.wait(self.cfg.rescan_s)
                 wake.clear()
         finally:
-            watch.cancel()
+            for w in watches:
+                w.cancel()
 
     def drain(self, timeout_s: float = 600.0) -> list[Intent]:
         """Run passes until no open intent is left or nothing more can start (tests, bench, CLI)."""

@@ -80,3 +80,35 @@ def stop_controller(cfg: LabConfig, name: str, hard: bool = False) -> int:
     else:
         stop_pid(pid)
     return pid
+
+
+def stop_controllers(cfg: LabConfig) -> list[str]:
+    """Stop every controller replica the lab started; returns their names."""
+    state = LabState.load(cfg)
+    names = [k.removeprefix("controller:") for k in state.extra_pids if k.startswith("controller:")]
+    for name in names:
+        stop_pid(state.extra_pids.pop(controller_key(name)))
+    state.save(cfg)
+    return names
+
+
+def reset_controller_state(cfg: LabConfig) -> None:
+    """Forget every decision (incidents, intents, claims, placements, drain requests,
+    election keys) so a demo or a test starts from a clean slate. The agents' records
+    (health, inventory, definitions) stay: they describe the hosts as they are."""
+    from drctl.store.etcd import EtcdStore
+    from drctl.store.keys import Keys
+
+    stop_controllers(cfg)
+    keys = Keys()
+    store = EtcdStore([cfg.etcd_endpoint], timeout=3)
+    try:
+        for prefix in (keys.intents_prefix(), keys.intent_claims_prefix(), keys.incidents_prefix(),
+                       keys.vms_prefix(), keys.leader_prefix()):
+            store.delete_prefix(prefix)
+        for host in LabState.load(cfg).hosts:
+            store.delete(keys.maintenance(host))
+    finally:
+        store.close()
+    for f in (cfg.dir / "controllers").glob("ctl-*/audit.jsonl"):
+        f.unlink()
