@@ -30,16 +30,19 @@ go. A section another part of drctl needs (the controller's) is one more entry i
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import yaml
 
+from drctl.config_fields import duration as _duration
+from drctl.config_fields import lease_ttl as _lease_ttl
+from drctl.config_fields import str_map as _labels
 from drctl.controller_config import ControllerConfig, read_controller
 from drctl.errors import ConfigError
 from drctl.policy.reader import Invalid, Reader, compose, join
-from drctl.policy.units import parse_duration
 from drctl.probes import ProbeSpec, default_probes, read_probes
 
 
@@ -84,13 +87,6 @@ class Config:
 
 
 SectionReader = Callable[[Reader, yaml.Node, str], Any]
-
-
-def _duration(r: Reader, node: yaml.Node, path: str) -> float:
-    seconds = r.parsed(node, path, parse_duration)
-    if seconds <= 0:
-        raise r.fail(node, path, "must be more than 0s")
-    return seconds
 
 
 def _strings(r: Reader, node: yaml.Node, path: str) -> tuple[str, ...]:
@@ -138,18 +134,6 @@ def _peers(r: Reader, node: yaml.Node, path: str) -> tuple[Peer, ...] | None:
     if not isinstance(node, yaml.SequenceNode):
         raise r.fail(node, path, "expected `auto` or a list of {name, uri}")
     return tuple(r.each(node, path, peer))
-
-
-def _lease_ttl(r: Reader, node: yaml.Node, path: str) -> int:
-    seconds = r.parsed(node, path, parse_duration)
-    if seconds < 2 or seconds != int(seconds):
-        raise r.fail(node, path, f"must be whole seconds, at least 2s (etcd's minimum), got {seconds:g}s")
-    return int(seconds)
-
-
-def _labels(r: Reader, node: yaml.Node, path: str) -> dict[str, str]:
-    got = r.mapping(node, path, [k.value for k, _ in node.value] if isinstance(node, yaml.MappingNode) else ())
-    return {k: r.string(v, f"{path}.{k}") for k, v in got.items()}
 
 
 def _read_agent(r: Reader, node: yaml.Node, path: str) -> AgentConfig:

@@ -28,13 +28,14 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
+from drctl.config_fields import duration, lease_ttl, str_map
 from drctl.policy.reader import Reader
-from drctl.policy.units import parse_duration
 
 
 @dataclass(frozen=True)
@@ -69,25 +70,6 @@ class ControllerConfig:
     fence_agents: Mapping[str, FenceAgentConfig] = field(default_factory=dict)
 
 
-def _seconds(r: Reader, node: yaml.Node, path: str) -> float:
-    s = r.parsed(node, path, parse_duration)
-    if s <= 0:
-        raise r.fail(node, path, "must be more than 0s")
-    return s
-
-
-def _whole_seconds(r: Reader, node: yaml.Node, path: str) -> int:
-    s = r.parsed(node, path, parse_duration)
-    if s < 2 or s != int(s):
-        raise r.fail(node, path, f"must be whole seconds, at least 2s (etcd's minimum), got {s:g}s")
-    return int(s)
-
-
-def _str_map(r: Reader, node: yaml.Node, path: str) -> dict[str, str]:
-    keys = [k.value for k, _ in node.value] if isinstance(node, yaml.MappingNode) else ()
-    return {k: r.string(v, f"{path}.{k}") for k, v in r.mapping(node, path, keys).items()}
-
-
 def _fence_agent(r: Reader, node: yaml.Node, path: str) -> FenceAgentConfig:
     got = r.mapping(node, path, ("type", "command", "options", "hosts", "timeout", "lab_dir"))
     if "type" not in got:
@@ -99,13 +81,13 @@ def _fence_agent(r: Reader, node: yaml.Node, path: str) -> FenceAgentConfig:
     elif kind == "command":
         raise r.fail(node, f"{path}.command", "missing: the fence agent to run, e.g. [fence_ipmilan]")
     if "options" in got:
-        out["options"] = _str_map(r, got["options"], f"{path}.options")
+        out["options"] = str_map(r, got["options"], f"{path}.options")
     if "hosts" in got:
         hn = got["hosts"]
         names = [k.value for k, _ in hn.value] if isinstance(hn, yaml.MappingNode) else ()
-        out["hosts"] = {h: _str_map(r, v, f"{path}.hosts.{h}") for h, v in r.mapping(hn, f"{path}.hosts", names).items()}
+        out["hosts"] = {h: str_map(r, v, f"{path}.hosts.{h}") for h, v in r.mapping(hn, f"{path}.hosts", names).items()}
     if "timeout" in got:
-        out["timeout_s"] = _seconds(r, got["timeout"], f"{path}.timeout")
+        out["timeout_s"] = duration(r, got["timeout"], f"{path}.timeout")
     if "lab_dir" in got:
         out["lab_dir"] = r.string(got["lab_dir"], f"{path}.lab_dir")
     return FenceAgentConfig(**out)
@@ -116,17 +98,17 @@ def read_controller(r: Reader, node: yaml.Node, path: str) -> ControllerConfig:
               "audit_file", "runner", "guest_health", "lab_dir", "fence_agents")
     got = r.mapping(node, path, fields)
     out: dict[str, Any] = {}
-    p = lambda k: f"{path}.{k}"  # noqa: E731
+    p = lambda k: f"{path}.{k}"
     if "name" in got:
         out["name"] = r.word(got["name"], p("name"))
     for key in ("policy", "audit_file", "lab_dir"):
         if key in got:
             out[key] = r.string(got[key], p(key))
     if "lease_ttl" in got:
-        out["lease_ttl_s"] = _whole_seconds(r, got["lease_ttl"], p("lease_ttl"))
+        out["lease_ttl_s"] = lease_ttl(r, got["lease_ttl"], p("lease_ttl"))
     for key in ("tick_interval", "stale_after", "reopen_after"):
         if key in got:
-            out[f"{key}_s"] = _seconds(r, got[key], p(key))
+            out[f"{key}_s"] = duration(r, got[key], p(key))
     if "witness_quorum" in got:
         out["witness_quorum"] = r.integer(got["witness_quorum"], p("witness_quorum"), minimum=1, maximum=64)
     if "guest_health" in got:
@@ -136,7 +118,7 @@ def read_controller(r: Reader, node: yaml.Node, path: str) -> ControllerConfig:
         if "enabled" in rn:
             out["runner_enabled"] = r.boolean(rn["enabled"], p("runner.enabled"))
         if "lease_ttl" in rn:
-            out["runner_lease_ttl_s"] = _whole_seconds(r, rn["lease_ttl"], p("runner.lease_ttl"))
+            out["runner_lease_ttl_s"] = lease_ttl(r, rn["lease_ttl"], p("runner.lease_ttl"))
     if "fence_agents" in got:
         fa = got["fence_agents"]
         names = [k.value for k, _ in fa.value] if isinstance(fa, yaml.MappingNode) else ()
