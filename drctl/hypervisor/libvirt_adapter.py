@@ -286,9 +286,10 @@ class LibvirtHypervisor:
 
     def completed_job_stats(self, name: str) -> JobStats:
         dom = self._dom(name)
-        raw = self._call(
-            f"completed job stats {name}", lambda: dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
-        )
+        # KEEP_COMPLETED: reading must not erase them, so whoever looks next (an operator,
+        # a test comparing the audit trail with libvirt) sees the same numbers
+        flags = libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED | libvirt.VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED
+        raw = self._call(f"completed job stats {name}", lambda: dom.jobStats(flags))
         return _stats(raw, False)
 
     def abort_job(self, name: str) -> None:
