@@ -40,7 +40,23 @@ HOST_STATE_CHANGED = _ev("host.state_changed", "A host's graded state changed (h
 HOST_HEARTBEAT_LOST = _ev("host.heartbeat_lost", "A host's agent lease expired: the host stopped talking to etcd.",
                           "host", "lease last_seen ttl_s")
 WITNESS_REPORTED = _ev("witness.reported", "A peer (witness) reported whether it can still reach a host.",
-                       "host witness reachable", "detail")
+                       "host witness reachable", "detail lease_seen")
+
+HEALTH_GRADED = _ev("health.graded", "A host's agent graded its own health anew (the earliest sign of trouble).",
+                    "host from to reason", "probe value threshold")
+PROBE_GRADED = _ev("probe.graded", "One health probe of an agent changed grade.",
+                   "host probe from to reason", "value threshold")
+
+# ---------------------------------------------------------------- agents
+AGENT_STARTED = _ev("agent.started", "A host's agent started.", "host", "probes ttl_s")
+AGENT_STOPPED = _ev("agent.stopped", "A host's agent stopped.", "host")
+AGENT_REGISTERED = _ev("agent.registered", "The agent holds a fresh lease and published its host.",
+                       "host lease ttl_s")
+AGENT_LEASE_LOST = _ev("agent.lease_lost", "The agent's own lease lapsed (it will register again).",
+                       "host lease ttl_s")
+AGENT_STORE_UNAVAILABLE = _ev("agent.store_unavailable", "The agent cannot reach etcd.", "host error")
+AGENT_STORE_RECOVERED = _ev("agent.store_recovered", "The agent reaches etcd again.", "host")
+INVENTORY_PUBLISHED = _ev("inventory.published", "The agent published its host's VMs.", "host vms_changed")
 
 # ---------------------------------------------------------------- incidents
 INCIDENT_OPENED = _ev("incident.opened", "An incident (one episode of host trouble) was opened; its id ties everything after.",
@@ -59,6 +75,12 @@ CONTROLLER_FROZE = _ev("controller.froze", "The controller stopped acting (suspe
                        "term reason", "hosts")
 CONTROLLER_RESUMED = _ev("controller.resumed", "The controller acts again after a freeze.",
                          "term reason")
+CONTROLLER_STARTED = _ev("controller.started", "A controller replica process started.", "name policy runner")
+CONTROLLER_VIEW_FAILED = _ev("controller.view_failed", "A tick could not read the cluster.", "error")
+CONTROLLER_DECISION_FAILED = _ev("controller.decision_failed", "Carrying out one decision of a tick failed.",
+                                 "decision error")
+ELECTION_CAMPAIGNED = _ev("election.campaigned", "A replica put its key in the leader election.",
+                          "candidate key revision")
 TICK_COMPLETED = _ev("tick.completed", "One controller tick finished; sentence says what it did.",
                      "sentence", "term incident decisions")
 
@@ -89,6 +111,15 @@ MIGRATION_FAILED = _ev("migration.failed", "One migration attempt failed; the so
                        "intent vm src dst attempt error", "incident code transient")
 MIGRATION_ABORTED = _ev("migration.aborted", "The runner aborted an in-flight migration (stall, timeout, operator).",
                         "intent vm reason", "incident attempt")
+PRECHECK_COMPLETED = _ev("precheck.completed", "The runner's pre-checks of a destination (each check: ok or why not).",
+                         "intent vm host ok checks", "incident")
+STORAGE_PREPARED = _ev("storage.prepared", "Local disks were prepared on the destination before a copy-storage move.",
+                       "intent vm host detail", "incident")
+INTENT_OUTCOME_UNKNOWN = _ev("intent.outcome_unknown", "Where the VM runs cannot be told: the intent is parked.",
+                             "intent vm detail", "incident")
+RUNNER_GAVE_UP = _ev("runner.gave_up", "The runner let go of an intent another writer changed under it.",
+                     "intent reason", "incident vm")
+RUNNER_PAUSED = _ev("runner.paused", "The replica's runner stopped taking intents (store trouble).", "error")
 RETRY_SCHEDULED = _ev("retry.scheduled", "A transient failure will be retried after sleep_s (tenacity hook).",
                       "attempt error", "fn sleep_s incident intent vm")
 
@@ -105,6 +136,19 @@ VM_RESTARTED = _ev("vm.restarted", "A VM of a fenced host was defined and starte
                    "incident intent vm src dst", "attempt boot_ms")
 VM_VERIFIED = _ev("vm.verified", "Where a VM runs was checked after a move (exactly once, guest alive).",
                   "intent vm host ok", "incident detail")
+
+VM_DUPLICATE_DETECTED = _ev("vm.duplicate_detected", "Inventories list a VM running on two hosts (never fixed by guessing).",
+                            "vm hosts", "placement")
+VM_STALE_COPY_REMOVED = _ev("vm.stale_copy_removed", "A shut-off copy left on a returning host was undefined.",
+                            "vm host reason")
+
+# ---------------------------------------------------------------- the store
+STORE_CALLBACK_FAILED = _ev("store.callback_failed", "A callback given to the store raised; the store goes on.",
+                            "callback error", "lease")
+STORE_LEASE_LOST = _ev("store.lease_lost", "A lease the store kept alive was lost.", "lease ttl reason")
+STORE_WATCH_RESUMED = _ev("store.watch_resumed", "A broken watch was resumed from its next revision.",
+                          "prefix from_revision", "attempts cause")
+STORE_WATCH_STOPPED = _ev("store.watch_stopped", "A watch could not be resumed and stopped.", "prefix error")
 
 SCHEMA: Mapping[str, EventSpec] = dict(_SPECS)
 
