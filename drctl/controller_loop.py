@@ -42,7 +42,7 @@ from drctl.errors import DrctlError, StoreError
 from drctl.fencing import FenceAgent
 from drctl.health import HostVerdict, default_quorum
 from drctl.intents import IntentParams, create_intents, new_intent
-from drctl.model import HostState, IntentKind, Snapshot
+from drctl.model import HostState, IntentKind, IntentState, Snapshot
 from drctl.policy import Policy
 from drctl.store import Put, Store
 from drctl.store.keys import Keys
@@ -219,7 +219,6 @@ class ControllerLoop:
             if self._write(lead, self.keys.incident(inc.id), incident_to_json(inc)):
                 audit.emit(events.INCIDENT_OPENED, incident=inc.id, host=inc.host, trigger=inc.reason,
                            policy=inc.policy, kind=inc.kind.value, term=lead.term)
-                audit.emit(events.SNAPSHOT_RECORDED, incident=inc.id, snapshot=_dump(snap), term=lead.term)
                 for piece in view.verdicts.get(inc.host, Verdict(HostState.HEALTHY)).evidence:
                     if inc.kind is IncidentKind.RECOVER:
                         audit.emit(events.EVIDENCE_RECORDED, incident=inc.id, host=inc.host, kind="verdict",
@@ -235,8 +234,11 @@ class ControllerLoop:
             if inc is not None:
                 closed = replace(inc, phase=IncidentPhase.CLOSED, closed_at=now, outcome=d.outcome)
                 if self._write(lead, self.keys.incident(inc.id), incident_to_json(closed)):
-                    audit.emit(events.INCIDENT_CLOSED, incident=inc.id, host=inc.host, outcome=d.outcome,
-                               term=lead.term)
+                    mine = [i for i in view.intents if i.incident == inc.id]
+                    moved = sum(1 for i in mine if i.state is IntentState.DONE)
+                    outcome = ("resolved" if moved == len(mine) else "failed" if moved == 0 else "partial")
+                    audit.emit(events.INCIDENT_CLOSED, incident=inc.id, host=inc.host, outcome=outcome,
+                               reason=d.outcome, vms_moved=moved, vms_failed=len(mine) - moved, term=lead.term)
 
     def _fence(self, d: RequestFence, lead: Leadership, view: View) -> None:
         """Fence in the background: an agent may take tens of seconds, ticks go on."""
@@ -292,6 +294,9 @@ class ControllerLoop:
 
         rules = self.policy.rules
         snap = self.policy.apply_groups(snap)
+        # what this round decides on, groups applied: `drctl replay` re-plans from it
+        audit.emit(events.SNAPSHOT_RECORDED, incident=d.incident, snapshot=_dump(snap), rules=_plain(rules),
+                   limits=_plain(self.policy.limits), term=lead.term)
         ledger = placement.Ledger(snap)
         built = []
         for m in d.moves:
@@ -366,3 +371,20 @@ def _dump(snap: Snapshot) -> object:
         return dump_snapshot(snap)
     except Exception:  # noqa: BLE001 - the trail must not lose the incident over a dump problem
         return {"hosts": sorted(snap.hosts), "vms": sorted(snap.vms)}
+
+
+def _plain(obj: object) -> object:
+    """A rules/limits dataclass as JSON-ready data (enums by value, tuples as lists)."""
+    import dataclasses
+    from enum import Enum
+
+    def conv(v: object) -> object:
+        if isinstance(v, Enum):
+            return v.value
+        if isinstance(v, Mapping):
+            return {str(k): conv(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple, set, frozenset)):
+            return [conv(x) for x in v]
+        return v
+
+    return conv(dataclasses.asdict(obj))  # type: ignore[call-overload]
