@@ -8,7 +8,7 @@ migrations), never recomputed, so the report and libvirt agree to the millisecon
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -17,7 +17,8 @@ from drctl.auditlog import Event, Problem, intents_of, parse_ts
 
 # Events about a host or the controller carry no incident id; they belong to an incident
 # when they concern its host (or any host, for the controller) within its time window.
-_HOST_EVENTS = frozenset({ev.HOST_STATE_CHANGED, ev.HOST_HEARTBEAT_LOST, ev.WITNESS_REPORTED})
+_HOST_EVENTS = frozenset({ev.HOST_STATE_CHANGED, ev.HOST_HEARTBEAT_LOST, ev.WITNESS_REPORTED, ev.HEALTH_GRADED,
+                          ev.AGENT_LEASE_LOST})
 _CONTROLLER_EVENTS = frozenset({ev.CONTROLLER_FROZE, ev.CONTROLLER_RESUMED, ev.CONTROLLER_DEPOSED,
                                 ev.CONTROLLER_ELECTED})
 _LOOKBACK = timedelta(minutes=10)  # how far before `incident.opened` its first sign may lie
@@ -163,16 +164,20 @@ def incident_events(events: Sequence[Event], incident: str) -> list[Event]:
 
 
 def _first_sign(events: Sequence[Event], opened: Event) -> datetime:
-    """Earliest sign of this episode: the host leaving healthy, or its last heartbeat."""
+    """Earliest sign of this episode: the host leaving healthy, or its last heartbeat.
+
+    Only the latest such sign of each writer counts: the files of a long-running agent
+    also hold earlier episodes of the same host (left healthy, recovered, left again)."""
     host, signs = opened.get("host"), [opened.ts]
+    latest: dict[tuple[str, str], datetime] = {}
     for e in events:
         if e.get("host") != host or not (opened.ts - _LOOKBACK <= e.ts <= opened.ts):
             continue
-        if e.name == ev.HOST_STATE_CHANGED and e.get("from") == "healthy":
-            signs.append(e.ts)
+        if e.name in (ev.HOST_STATE_CHANGED, ev.HEALTH_GRADED) and e.get("from") == "healthy":
+            latest[(e.name, str(e.get("component", "")))] = e.ts
         elif e.name == ev.HOST_HEARTBEAT_LOST:
-            signs.append(_ts_or(e.get("last_seen"), e.ts))
-    return min(signs)
+            latest[(e.name, str(e.get("component", "")))] = _ts_or(e.get("last_seen"), e.ts)
+    return min([*signs, *latest.values()])
 
 
 # ---------------------------------------------------------------- building the report
@@ -290,6 +295,7 @@ def _vm_outcome(evs: Sequence[Event], first_sign: datetime) -> VMOutcome:
     seg_start: tuple[datetime, int, str] | None = None
     stats: Event | None = None
     restarted: Event | None = None
+    job_started: dict[int, datetime] = {}  # attempt -> when its libvirt migration was called
     for e in evs:
         attempts = max(attempts, int(e.get("attempt") or 1))
         dst = str(e.get("dst") or dst)
@@ -305,6 +311,8 @@ def _vm_outcome(evs: Sequence[Event], first_sign: datetime) -> VMOutcome:
                 seg_start = None
             if state in ("done", "failed", "aborted"):
                 ended = e.ts
+        elif e.name == ev.MIGRATION_STARTED:
+            job_started[int(e.get("attempt") or 1)] = e.ts
         elif e.name == ev.MIGRATION_COMPLETED:
             stats = e
         elif e.name == ev.VM_RESTARTED:
@@ -313,13 +321,23 @@ def _vm_outcome(evs: Sequence[Event], first_sign: datetime) -> VMOutcome:
             verified = bool(e.get("ok"))
     if seg_start is not None:  # still migrating when the trail ends
         segments.append(Segment(seg_start[0], evs[-1].ts, "failed", seg_start[1], seg_start[2]))
+    switched_at = (stats or restarted).ts if (stats or restarted) else None
+    total = _int(stats, "total_ms")
+    job_start = job_started.get(int(stats.get("attempt") or 1)) if stats else None
+    if job_start is not None and total is not None:
+        # libvirt's job ran from the migration call for total_ms; the switch-over (its
+        # downtime) ends it. The runner notices a little later: draw libvirt's numbers.
+        switched_at = job_start + timedelta(milliseconds=total)
+        segments = [replace(s, start=job_start, end=switched_at)
+                    if s.kind == "migrate" and s.attempt == int(stats.get("attempt") or 1) else s  # type: ignore[union-attr]
+                    for s in segments]
     return VMOutcome(
         vm=vm, intent=intent, kind=kind, src=src, dst=dst, state=state, attempts=attempts,
         started=started, ended=ended, verified=verified,
         total_ms=_int(stats, "total_ms"), downtime_ms=_int(stats, "downtime_ms"),
         data_bytes=_int(stats, "data_bytes"), iterations=_int(stats, "iterations"),
         mode=str(stats.get("mode", "")) if stats else "",
-        switched_at=(stats or restarted).ts if (stats or restarted) else None,
+        switched_at=switched_at,
         boot_ms=_int(restarted, "boot_ms"),
         outage_s=(restarted.ts - first_sign).total_seconds() if restarted else None,
         segments=tuple(segments),
@@ -393,6 +411,7 @@ def describe(e: Event) -> str:
     g = e.get
     texts = {
         ev.HOST_STATE_CHANGED: lambda: f"{g('host')}: {g('from')} → {g('to')} ({g('reason')})",
+        ev.HEALTH_GRADED: lambda: f"{g('host')} (agent): {g('from')} → {g('to')} ({g('reason')})",
         ev.HOST_HEARTBEAT_LOST: lambda: f"{g('host')}: heartbeat lease expired (last seen {g('last_seen', '?')})",
         ev.WITNESS_REPORTED: lambda: f"{g('witness')} {'reaches' if g('reachable') else 'cannot reach'} "
                                      f"{g('host')}: {g('detail', '')}",

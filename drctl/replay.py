@@ -8,7 +8,7 @@ destinations; with another policy it shows what that policy would have done inst
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,44 +53,64 @@ class ReplayResult:
 
 
 def replay_incident(events: Sequence[Event], incident: str, policy_path: Path | None = None) -> ReplayResult:
-    """Re-plan `incident` on its recorded snapshot and compare with what was recorded."""
+    """Re-plan `incident` on its recorded snapshots and compare with what was recorded.
+
+    Each `snapshot.recorded` starts a decision round: the decisions after it (up to the
+    next snapshot) were made on it. VMs decided in an earlier round were already being
+    moved, so the controller left them out of later rounds; so does the replay."""
     evs = incident_events(events, incident)  # raises IncidentNotFound
-    recorded = next((e for e in evs if e.name == ev.SNAPSHOT_RECORDED), None)
-    if recorded is None:
+    rounds: list[tuple[Event, list[Event]]] = []
+    for e in evs:
+        if e.name == ev.SNAPSHOT_RECORDED:
+            rounds.append((e, []))
+        elif e.name in (ev.PLACEMENT_DECIDED, ev.PLACEMENT_FAILED) and rounds:
+            rounds[-1][1].append(e)
+    if not rounds:
         raise ReplayError(f"{incident}: no {ev.SNAPSHOT_RECORDED} event: nothing to replay on")
     opened = next(e for e in evs if e.name == ev.INCIDENT_OPENED)
-    try:
-        snap = parse_snapshot(recorded.get("snapshot"), f"{recorded.where} snapshot")
-    except ConfigError as e:
-        raise ReplayError(str(e)) from e
-    warnings: list[str] = []
+    host = str(opened.get("host"))
+    policy = None
     if policy_path is not None:
         from drctl.policy import (
             load_policy,  # only a replay with another policy needs it
         )
 
         policy = load_policy(policy_path)
-        snap, rules, limits, source = policy.apply_groups(snap), policy.rules, policy.limits, str(policy_path)
-    else:
-        rules = _rebuild(PlacementRules, recorded.get("rules"), warnings)
-        limits = _rebuild(Limits, recorded.get("limits"), warnings)
-        source = "recorded rules" if recorded.get("rules") else "default rules (none recorded)"
-    host = str(opened.get("host"))
-    plan = planner.plan_evacuation(snap, [host], rules, limits)
-    replayed: dict[str, str | None] = {m.vm: m.dst for m in plan.moves}
-    replayed.update({u.vm: None for u in plan.unplaced})
-    decisions = []
-    for e in evs:
-        if e.name not in (ev.PLACEMENT_DECIDED, ev.PLACEMENT_FAILED):
-            continue
-        vm = str(e.get("vm"))
-        got = replayed.pop(vm, None)
-        decisions.append(ReplayedDecision(vm, str(e.get("src", "")),
-                                          e.get("dst") if e.name == ev.PLACEMENT_DECIDED else None,
-                                          got, _why_not(plan, vm, got)))
-    extra = tuple(ReplayedDecision(vm, snap.vms[vm].host if vm in snap.vms else "", None, dst, "not in the trail")
-                  for vm, dst in replayed.items())
-    return ReplayResult(incident, host, source, tuple(decisions), extra, tuple(warnings))
+    warnings: list[str] = []
+    decisions: list[ReplayedDecision] = []
+    extra: list[ReplayedDecision] = []
+    decided_anywhere = {str(e.get("vm")) for _, ds in rounds for e in ds}
+    decided_before: set[str] = set()
+    source = ""
+    for recorded, round_decisions in rounds:
+        if not round_decisions and len(rounds) > 1:
+            continue  # a round that decided nothing (e.g. every VM was already moving)
+        try:
+            snap = parse_snapshot(recorded.get("snapshot"), f"{recorded.where} snapshot")
+        except ConfigError as e:
+            raise ReplayError(str(e)) from e
+        if policy is not None:
+            snap, rules, limits, src_name = policy.apply_groups(snap), policy.rules, policy.limits, str(policy_path)
+        else:
+            rules = _rebuild(PlacementRules, recorded.get("rules"), warnings)
+            limits = _rebuild(Limits, recorded.get("limits"), warnings)
+            src_name = "recorded rules" if recorded.get("rules") else "default rules (none recorded)"
+        source = source or src_name
+        planned = replace(snap, vms={n: v for n, v in snap.vms.items() if n not in decided_before})
+        plan = planner.plan_evacuation(planned, [host], rules, limits)
+        replayed: dict[str, str | None] = {m.vm: m.dst for m in plan.moves}
+        replayed.update({u.vm: None for u in plan.unplaced})
+        for e in round_decisions:
+            vm = str(e.get("vm"))
+            got = replayed.pop(vm, None)
+            decisions.append(ReplayedDecision(vm, str(e.get("src", "")),
+                                              e.get("dst") if e.name == ev.PLACEMENT_DECIDED else None,
+                                              got, _why_not(plan, vm, got)))
+            decided_before.add(vm)
+        extra += [ReplayedDecision(vm, snap.vms[vm].host if vm in snap.vms else "", None, dst, "not in the trail")
+                  for vm, dst in replayed.items() if vm not in decided_anywhere]
+        decided_anywhere |= set(replayed)  # report an extra once, not once per round
+    return ReplayResult(incident, host, source, tuple(decisions), tuple(extra), tuple(dict.fromkeys(warnings)))
 
 
 def _why_not(plan: planner.Plan, vm: str, dst: str | None) -> str:
@@ -107,9 +127,13 @@ def _rebuild(cls: type, data: Any, warnings: list[str]) -> Any:
     """A rules/limits dataclass from its recorded scalar fields; the rest keep defaults."""
     if not isinstance(data, Mapping):
         return cls()
-    known = {f.name for f in fields(cls)}
+    known = {f.name: f for f in fields(cls)}
     kwargs: dict[str, Any] = {}
     for k, v in data.items():
+        f = known.get(k)
+        default = f.default if f is not None and f.default is not MISSING else None
+        if f is not None and (v is None or v == []) and default in (None, ()):
+            continue  # recorded as the default: nothing to rebuild
         if k not in known:
             warnings.append(f"recorded {cls.__name__}.{k} is unknown here; ignored")
         elif isinstance(v, (int, float, str, bool)):
