@@ -103,7 +103,10 @@ class Runner:
         self._lease_lost = threading.Event()
         self._lock = threading.Lock()
         self._running: dict[str, Future[Intent | None]] = {}
-        self._pool = ThreadPoolExecutor(max_workers=max(1, config.limits.max_concurrent),
+        # `_admits` decides what runs; the pool must not be a second, tighter limit: a
+        # restart holds its thread while the guest boots (verifying) without holding a slot.
+        # Threads are only created when needed.
+        self._pool = ThreadPoolExecutor(max_workers=max(64, config.limits.max_concurrent),
                                         thread_name_prefix=f"runner:{config.runner_id}")
         self._marks: dict[str, object] = {}
 
@@ -141,13 +144,14 @@ class Runner:
 
     def _admits(self, it: Intent, busy: list[Intent]) -> bool:
         lim = self.cfg.limits
-        if len(busy) >= lim.max_concurrent:
+        # a restarted guest booting (verifying) costs no more than any running VM: it
+        # takes neither a cluster slot nor a destination's, so every VM of a dead host is
+        # started again at once, not one boot at a time
+        booting = [b for b in busy if b.kind is IntentKind.RESTART and b.state is S.VERIFYING]
+        if len(busy) - len(booting) >= lim.max_concurrent:
             return False
         if it.kind is IntentKind.RESTART:
-            # a restarted guest booting (verifying) costs the destination no more than any
-            # running VM: only restarts still being started take a destination's slot, so
-            # every VM of a dead host is started again at once, not one boot at a time
-            starting = [b for b in busy if b.kind is IntentKind.RESTART and b.state is not S.VERIFYING]
+            starting = [b for b in busy if b.kind is IntentKind.RESTART and b not in booting]
             return sum(b.dst == it.dst for b in starting) < lim.max_per_destination
         moving = [b for b in busy if b.kind is IntentKind.MIGRATE]
         return (sum(b.src == it.src for b in moving) < lim.max_per_source

@@ -257,6 +257,22 @@ def test_scheduler_respects_concurrency_and_drains_everything(world: World) -> N
     assert all(len(world.cluster.where(f"v{i}")) == 1 for i in range(4))
 
 
+def test_restarts_booting_take_no_slot_so_a_dead_hosts_vms_all_start_at_once(world: World) -> None:
+    from dataclasses import replace
+
+    world.cfg = RunnerConfig("r1", limits=Limits(max_concurrent=3, max_per_destination=2))
+    runner = world.runner()
+    restart = [world.intent(f"v{i}", dst="h2", kind=IntentKind.RESTART) for i in range(5)]
+    booting = [replace(i, state=IntentState.VERIFYING) for i in restart[:3]]
+    assert runner._admits(restart[3], booting)  # three guests booting hold no slot
+    starting = [replace(i, state=IntentState.MIGRATING) for i in restart[:2]]
+    assert not runner._admits(restart[3], [*booting, *starting])  # h2 starts two already
+    migrating = [replace(world.intent(f"m{i}", dst="h3"), state=IntentState.MIGRATING) for i in range(3)]
+    assert not runner._admits(restart[4], [*booting, *migrating])  # live moves do take slots
+    assert runner._pool._max_workers >= 64  # the pool is no tighter limit than _admits
+    runner.close()
+
+
 def test_stall_detector_fires_when_dirty_memory_stops_shrinking() -> None:
     from drctl.convergence import StallDetector, next_step
     from drctl.hypervisor import JobStats
