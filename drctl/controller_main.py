@@ -90,7 +90,7 @@ def run(cfg: Config, store: Store, stop: threading.Event, echo: Echo) -> None:
             from drctl.lab.console_health import ConsoleTicks
 
             health = ConsoleTicks(LabConfig(dir=Path(cc.lab_dir)))
-        runner = Runner(store, keys, cache.uris, lambda uri: connect(uri, timeout_s=5), SystemClock(),
+        runner = Runner(store, keys, cache.uris, lambda uri: connect(uri, timeout_s=15), SystemClock(),
                         RunnerConfig(runner_id=cc.name, limits=policy.limits, lease_ttl_s=cc.runner_lease_ttl_s),
                         health=health, host_state=cache.host)
         runner.uris = cache.uris  # share the live mapping: hosts join as their agents publish

@@ -80,6 +80,9 @@ class Intent:
     memory_mib: int = 0  # counted against a destination's free memory while in flight
     params: IntentParams = IntentParams()
     history: tuple[Transition, ...] = ()
+    # restart intents keep the VM's definition once read: the agent record it came from can
+    # vanish (a half-started copy undefined on a destination takes its agent's record along)
+    definition: str = ""
     created: float = 0.0
     updated: float = 0.0
     revision: int = field(default=0, compare=False)  # etcd mod revision it was read at; not stored
@@ -109,7 +112,8 @@ class Intent:
         return {"incident": self.incident, "intent": self.id, "vm": self.vm, "src": self.src, "dst": self.dst}
 
 
-_SCALARS = {"id", "incident", "vm", "src", "dst", "attempt", "term", "reason", "memory_mib", "created", "updated"}
+_SCALARS = {"id", "incident", "vm", "src", "dst", "attempt", "term", "reason", "memory_mib", "created", "updated",
+            "definition"}
 
 
 def new_intent(move: Move, incident: str, term: int, now: float, params: IntentParams = IntentParams(),

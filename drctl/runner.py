@@ -479,7 +479,7 @@ class Runner:
 
     # ---------------------------------------------------------------- restart path
     def _restart(self, it: Intent, box: list[Intent]) -> Intent:
-        xml = self.definitions(it.vm)
+        xml = it.definition or self.definitions(it.vm)
         if not xml:
             raise PrecheckFailed(f"no stored definition for {it.vm}")
         where = locate(self._hv, self._involved(it), it.vm)
@@ -500,7 +500,7 @@ class Runner:
         # (console ticks start again from 1) get to mark it as such
         self._marks.setdefault(it.id, getattr(self.health, "mark_boot", self.health.mark)(it.vm))
         it = self._to(it, S.MIGRATING, f"restarting on {it.dst} from the stored definition",
-                      attempt=it.attempt + 1, memory_mib=it.memory_mib or needs.memory_mib)
+                      attempt=it.attempt + 1, memory_mib=it.memory_mib or needs.memory_mib, definition=xml)
         box[0] = it
         t0 = self.clock.monotonic()
         hv = self._hv(it.dst)

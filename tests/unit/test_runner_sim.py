@@ -233,6 +233,35 @@ def test_restart_retry_after_start_does_not_start_twice(world: World) -> None:
     assert done is not None and done.state is IntentState.DONE and not world.events("vm.restarted")
 
 
+def test_restart_survives_losing_the_stored_definition_after_a_failed_start(world: World) -> None:
+    """A start on h2 times out; the half-started copy is undefined there, and h2's agent
+    removes the definition record it had published for it. The retry on h3 must still
+    have the definition (kept in the intent), or the VM would stay down."""
+    from drctl.errors import HypervisorTimeout
+
+    xml = world.vm("db-4")
+    world.store.put(world.keys.vm_definition("db-4"), xml.encode())
+    world.cluster.hosts["h1"].domains.clear()
+    world.cluster.hosts["h1"].up = False  # fenced
+
+    def connect(uri: str):  # type: ignore[no-untyped-def]
+        hv = world.cluster.connect(uri)
+        if uri.endswith("h2"):
+            def start(name: str) -> None:
+                world.store.delete(world.keys.vm_definition(name))  # what h2's agent does next
+                raise HypervisorTimeout(f"{uri}: start {name}: no answer within 5s")
+            hv.start = start  # type: ignore[method-assign]
+        return hv
+
+    it = world.intent("db-4", kind=IntentKind.RESTART, dst="h2", candidates=("h3",))
+    runner = Runner(world.store, world.keys, {h: world.cluster.uri(h) for h in HOSTS}, connect, world.clock,
+                    RunnerConfig("r1", watch=WatchConfig(poll_s=0.01)))
+    done = runner.execute(it.id)
+    assert done is not None and done.state is IntentState.DONE, done and done.reason
+    assert world.cluster.where("db-4") == ["h3"]
+    assert [e["dst"] for e in world.events("vm.restarted")] == ["h3"]
+
+
 def test_restart_refuses_when_the_source_still_runs_it(world: World) -> None:
     xml = world.vm("db-3")
     world.store.put(world.keys.vm_definition("db-3"), xml.encode())
