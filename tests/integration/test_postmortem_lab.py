@@ -148,8 +148,6 @@ def test_postmortem_of_a_live_evacuation_matches_libvirt(ctl: Harness) -> None:
 
 
 @pytest.mark.skipif(not chromium.available(), reason=f"{chromium.CHROMIUM} not installed")
-@pytest.mark.xfail(strict=False, reason="runner bug: a restart whose libvirt start times out (slow TCG host) "
-                   "undefines the copy and the retry finds no stored definition; the VM stays down")
 def test_postmortem_of_a_dead_host_shows_evidence_fencing_and_restarts(ctl: Harness) -> None:
     names = ctl.guests_on("labhost2", 2)
     faults.inject(ctl.cfg, "labhost2", "host-kill", echo=lambda _m: None)
