@@ -13,12 +13,17 @@ from __future__ import annotations
 
 import json
 import threading
-from dataclasses import dataclass, replace
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 
 from drctl import audit, events
 from drctl.clock import Clock, SystemClock
-from drctl.cluster_view import ClusterRecords, build_snapshot, read_cluster, running_on, verdicts_of
+from drctl.cluster_view import (
+    ClusterRecords,
+    build_snapshot,
+    read_cluster,
+    verdicts_of,
+)
 from drctl.controller import (
     CloseIncident,
     Decision,
@@ -42,7 +47,7 @@ from drctl.errors import DrctlError, StoreError
 from drctl.fencing import FenceAgent
 from drctl.health import HostVerdict, default_quorum
 from drctl.intents import IntentParams, create_intents, new_intent
-from drctl.model import HostState, IntentKind, IntentState, Snapshot
+from drctl.model import HostState, IntentState, Snapshot
 from drctl.policy import Policy
 from drctl.store import Put, Store
 from drctl.store.keys import Keys
@@ -78,6 +83,7 @@ class LoopState:
     frozen: str = ""
     last_sentence: str = ""
     fencing: set[str] | None = None
+    duplicates: set[tuple[str, tuple[str, ...]]] = field(default_factory=set)  # reported once each
 
 
 class ControllerLoop:
@@ -196,7 +202,7 @@ class ControllerLoop:
             except DrctlError as e:
                 audit.warn("controller.decision_failed", decision=type(d).__name__, error=str(e))
         self.state.frozen = result.frozen
-        self._remove_stale_copies(records, lead)
+        self._remove_stale_copies(records, lead, view)
         if result.sentence != self.state.last_sentence:
             audit.emit(events.TICK_COMPLETED, sentence=result.sentence, decisions=len(result.decisions))
             self.echo(f"{self.name}: {result.sentence}")
@@ -324,7 +330,7 @@ class ControllerLoop:
                 nxt = replace(inc, intents=tuple(sorted({*inc.intents, *(i.id for i in built)})))
                 self._write(lead, self.keys.incident(inc.id), incident_to_json(nxt))
 
-    def _remove_stale_copies(self, records: ClusterRecords, lead: Leadership) -> None:
+    def _remove_stale_copies(self, records: ClusterRecords, lead: Leadership, view: View) -> None:
         """A host that comes back after being fenced still has its old VMs defined: they
         must never run there again. A shut-off copy on a host other than the one the VM's
         placement record names, with no move of that VM in flight, is undefined. A VM
@@ -333,11 +339,23 @@ class ControllerLoop:
         if not placed:
             return
         moving = {i.vm for i in records.intents if not i.state.terminal}
-        running = running_on(records)
+        last_move = {i.vm: i.updated for i in sorted(records.intents, key=lambda i: i.updated)}
+        # only inventories of hosts that are alive now, and published after the VM's last
+        # move, say where it runs: a dead host's last inventory, or one written just before
+        # a migration finished, still lists VMs that have left
+        alive = {h for h, v in view.verdicts.items() if v.state.alive}
+        fresh = {h: inv for h, inv in records.inventories.items() if h in alive}
+        running: dict[str, list[str]] = {}
+        for host, inv in sorted(fresh.items()):
+            for entry in inv.get("vms") or ():
+                vm = str(entry.get("name"))
+                if entry.get("state") == "running" and float(inv.get("ts") or 0) > last_move.get(vm, 0.0):
+                    running.setdefault(vm, []).append(host)
         for vm, hosts in running.items():
-            if len(hosts) > 1:
+            if len(hosts) > 1 and (vm, tuple(hosts)) not in self.state.duplicates:
+                self.state.duplicates.add((vm, tuple(hosts)))
                 audit.warn("vm.duplicate_detected", vm=vm, hosts=hosts, placement=placed.get(vm))
-        for host, inv in sorted(records.inventories.items()):
+        for host, inv in sorted(fresh.items()):
             for entry in inv.get("vms") or ():
                 vm = str(entry.get("name"))
                 if (vm in placed and placed[vm] != host and vm not in moving
