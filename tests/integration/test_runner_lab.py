@@ -221,7 +221,13 @@ def test_local_disk_arrives_intact(rig: Rig) -> None:
     runner = rig.runner()
     done = runner.execute(rig.intent("l1", copy_storage=True, bandwidth_mibs=0).id)
     runner.close()
-    assert_arrived(rig, done, "l1", H2)
+    assert done is not None
+    # H2 first; its own candidate H3 is a legitimate fallback if H2 was given up on (seen
+    # once: a libvirt call timing out on a machine at load 28). Which host does not matter
+    # here: the disk's data arriving intact does.
+    if done.dst != H2:
+        assert done.dst == H3 and [h for h in done.history if h.to == "pending"], done.history
+    assert_arrived(rig, done, "l1", done.dst)
     n = len(disk_sums(console))
     deadline = threading.Event()
     for _ in range(60):  # a checksum every 5th tick, read from /dev/vda after dropping caches
