@@ -9,7 +9,7 @@ best-scoring host down, until one passes the dynamic checks (memory, anti-affini
 Both paths share the same check and score functions, so `choose` is always the first
 eligible candidate of `evaluate`.
 
-Rules (see docs/planning.md):
+Rules (see README.md, "Placement rules"):
 - memory: free memory minus what this plan already reserved must cover the VM and leave
   `memory_headroom_pct` of the host's memory free. The memory a VM leaves behind on its
   source is not credited until the move is done (conservative during a plan).
