@@ -206,8 +206,15 @@ STALE_INTERVALS = 3.0
 STALE_MIN_S = 3.0
 
 
-def _stale(ts: float, interval_s: float, now: float) -> bool:
-    return now - ts > max(STALE_INTERVALS * interval_s, STALE_MIN_S)
+# A host's own health record (its lease still alive) counts as stalled only after this
+# long: an etcd restart or a slow reconnect leaves every agent's last write seconds old
+# (seen: 0.6 s of false "unreachable" right after an etcd restart under full CPU load with
+# 3 s), and a stalled agent loop is not urgent - its lease proves the host is up.
+STALLED_MIN_S = 10.0
+
+
+def _stale(ts: float, interval_s: float, now: float, minimum: float = STALE_MIN_S) -> bool:
+    return now - ts > max(STALE_INTERVALS * interval_s, minimum)
 
 
 def default_quorum(witnesses: int) -> int:
@@ -233,7 +240,7 @@ def host_state(host: str, health: HealthRecord | None, witnesses: Mapping[str, W
                  if w not in fresh]
     if health is not None:
         lease = f"lease {health.lease:x} present" if health.lease else "health record present"
-        if _stale(health.ts, health.interval_s, now):
+        if _stale(health.ts, health.interval_s, now, STALLED_MIN_S):
             # The lease keepalive runs in its own thread: a stuck agent loop keeps the
             # lease but stops reporting. We know nothing current about the host.
             return HostVerdict(host, HostState.UNREACHABLE,

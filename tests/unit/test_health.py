@@ -123,3 +123,8 @@ def test_host_states_from_store_records() -> None:
     assert out["hv1"].state is HostState.DEAD
     assert out["hv2"].state is HostState.DEGRADED
     assert out["hv3"].state is HostState.UNREACHABLE  # an unreadable record is no evidence of life
+
+
+def test_health_a_few_seconds_old_is_not_a_stall() -> None:
+    """Right after an etcd restart every agent's last write is seconds old: not a stall."""
+    assert state(health(H, ts=NOW - 5), []).state is HostState.HEALTHY
