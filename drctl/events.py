@@ -120,6 +120,8 @@ INTENT_OUTCOME_UNKNOWN = _ev("intent.outcome_unknown", "Where the VM runs cannot
 RUNNER_GAVE_UP = _ev("runner.gave_up", "The runner let go of an intent another writer changed under it.",
                      "intent reason", "incident vm")
 RUNNER_PAUSED = _ev("runner.paused", "The replica's runner stopped taking intents (store trouble).", "error")
+RUNNER_LEASE_RENEWED = _ev("runner.lease_renewed", "The runner's lease had expired; it took a fresh one and serves again.",
+                           "runner", "old new")
 RETRY_SCHEDULED = _ev("retry.scheduled", "A transient failure will be retried after sleep_s (tenacity hook).",
                       "attempt error", "fn sleep_s incident intent vm")
 

@@ -169,13 +169,26 @@ class Runner:
                                            lambda ev: wake.set() if ev.kind is EventKind.DELETE else None)]
         try:
             while not stop.is_set():
-                if not self._lease_lost.is_set():
-                    self.run_pending()
+                if self._lease_lost.is_set():
+                    self._renew_lease()
+                self.run_pending()
                 wake.wait(self.cfg.rescan_s)
                 wake.clear()
         finally:
             for w in watches:
                 w.cancel()
+
+    def _renew_lease(self) -> None:
+        """Our lease expired (process paused, etcd partitioned): every claim bound to it is
+        gone and the executions holding them fail their claim guards. Start over with a
+        fresh lease, so this runner serves again instead of idling for ever."""
+        lost = self._lease
+        self._lease = None
+        self._lease_lost.clear()
+        self.start()
+        audit.warn("runner.lease_renewed", runner=self.cfg.runner_id,
+                   old=f"{lost.id:x}" if lost is not None else None,
+                   new=f"{self._lease.id:x}" if self._lease is not None else None)
 
     def drain(self, timeout_s: float = 600.0) -> list[Intent]:
         """Run passes until no open intent is left or nothing more can start (tests, bench, CLI)."""

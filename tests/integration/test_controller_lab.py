@@ -273,3 +273,27 @@ def test_drain_empties_host_with_live_migrations_and_undrain_reopens_it(ctl: Har
              "labhost1 evacuated")
     dsts = {i["dst"] for i in ctl.intents() if i["src"] == "labhost1"}
     assert "labhost3" in dsts
+
+
+def test_deposed_leader_paused_past_its_lease_gets_no_write_accepted(ctl: Harness) -> None:
+    names = ctl.guests_on("labhost1", 1)
+    old = ctl.leader()
+    assert old is not None
+    old_pid = ctl.controller_pid(old)
+    os.kill(old_pid, signal.SIGSTOP)  # frozen mid-whatever, its lease runs out
+    try:
+        new = wait_for(lambda: ctl.leader() not in (None, old) and ctl.leader(), 30, "a new leader")
+        # while the old leader is frozen, a host degrades: the new leader acts on it
+        faults.inject(ctl.cfg, "labhost1", "memory-errors", echo=lambda _m: None)
+        wait_for(lambda: ctl.intents(), 60, "the new leader's intents")
+    finally:
+        os.kill(old_pid, signal.SIGCONT)
+    wait_for(lambda: [e for e in ctl.events("controller.deposed") if e["component"] == f"controller:{old}"], 30,
+             "the old leader to notice it was deposed")
+    wait_for(lambda: ctl.events("incident.closed"), 180, "the evacuation to finish")
+    terms = {e["term"] for e in ctl.events("controller.elected") if e["component"] == f"controller:{new}"}
+    assert {i["term"] for i in ctl.intents()} <= terms  # every intent written under the new term
+    stale = [e for e in ctl.audit() if e["component"] == f"controller:{old}"
+             and e["event"] in ("incident.opened", "intent.created", "incident.closed")]
+    assert stale == []  # the old leader wrote nothing after (or before) its pause
+    ctl.assert_each_runs_once(names)
