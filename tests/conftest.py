@@ -15,6 +15,7 @@ from drctl.clock import SimClock
 from drctl.store.etcd import EtcdStore
 from drctl.store.memory import MemoryStore
 from tests.etcd_server import ETCD_BINARY, EtcdServer
+from tests.requires import skip_unless
 
 # ------------------------------------------------------------------ stores
 
@@ -25,8 +26,7 @@ def etcd_server() -> Iterator[EtcdServer]:
 
     Tests that stop, pause or kill etcd must start their own EtcdServer instead.
     """
-    if not os.access(ETCD_BINARY, os.X_OK):
-        pytest.skip(f"{ETCD_BINARY} not installed (apt-get install etcd-server)")
+    skip_unless(os.access(ETCD_BINARY, os.X_OK), f"{ETCD_BINARY} not installed (apt-get install etcd-server)")
     server = EtcdServer()
     server.start()
     yield server

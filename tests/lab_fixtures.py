@@ -16,14 +16,14 @@ import pytest
 from drctl.lab import cluster, guests
 from drctl.lab.cluster import LabConfig
 from tests.lab_env import test_lab_config
+from tests.requires import skip_unless
 
 LAB_HOSTS = int(os.environ.get("DRCTL_TEST_LAB_HOSTS", "3"))
 
 
 @pytest.fixture(scope="session")
 def lab() -> Iterator[LabConfig]:
-    if os.geteuid() != 0:
-        pytest.skip("the lab needs root")
+    skip_unless(os.geteuid() == 0, "the lab needs root")
     cfg = test_lab_config()
     etcd_ok, hosts = cluster.status(cfg)
     was_up = etcd_ok and len(hosts) >= LAB_HOSTS and all(h.responds for h in hosts)

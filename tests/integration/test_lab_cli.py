@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.requires import skip_unless
+
 from drctl.lab.cluster import LabState, LabConfig, pid_alive
 
 DRCTL = [sys.executable, "-m", "drctl.cli"]
@@ -49,8 +51,7 @@ def _lab_processes(lab_dir: Path) -> list[int]:
 
 @pytest.mark.lab
 def test_lab_up_twice_status_down(tmp_path: Path) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("the lab needs root")
+    skip_unless(os.geteuid() == 0, "the lab needs root")
     lab = ["--dir", str(tmp_path / "lab"), "--etcd-port", "23795", "--etcd-peer-port", "23805",
            "--addr-prefix", "127.0.5", "--migration-port-base", "55152"]
     try:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.requires import needs
+
 from drctl import events as ev
 from drctl.auditlog import read_files
 from drctl.hypervisor.libvirt_adapter import connect
@@ -85,7 +87,7 @@ def check_trail(files: list[Path], incident: str) -> None:
     assert "reproduced" in r.stdout and "with recorded rules" in r.stdout, r.stdout
 
 
-@pytest.mark.skipif(not chromium.available(), reason=f"{chromium.CHROMIUM} not installed")
+@needs(chromium.available(), f"{chromium.CHROMIUM} not installed")
 def test_postmortem_of_a_live_evacuation_matches_libvirt(ctl: Harness) -> None:
     names = ctl.guests_on("labhost1", 2)
     faults.inject(ctl.cfg, "labhost1", "memory-errors", echo=lambda _m: None)
@@ -147,7 +149,7 @@ def test_postmortem_of_a_live_evacuation_matches_libvirt(ctl: Harness) -> None:
     check_trail(files, incident)
 
 
-@pytest.mark.skipif(not chromium.available(), reason=f"{chromium.CHROMIUM} not installed")
+@needs(chromium.available(), f"{chromium.CHROMIUM} not installed")
 def test_postmortem_of_a_dead_host_shows_evidence_fencing_and_restarts(ctl: Harness) -> None:
     names = ctl.guests_on("labhost2", 2)
     faults.inject(ctl.cfg, "labhost2", "host-kill", echo=lambda _m: None)

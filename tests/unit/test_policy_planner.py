@@ -4,12 +4,10 @@ Small hand-built snapshots; one policy text with a knob turned per test.
 """
 from __future__ import annotations
 
-import pytest
 
-planner = pytest.importorskip("drctl.planner")
-
-from drctl.model import VM, Host, Snapshot  # noqa: E402
-from drctl.policy import Policy, compile_policy  # noqa: E402
+from drctl import planner
+from drctl.model import VM, Host, Snapshot
+from drctl.policy import Policy, compile_policy
 
 BASE = """\
 version: 1

@@ -10,6 +10,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+
+from tests.requires import needs
 from click.testing import CliRunner
 
 from drctl import events as ev
@@ -149,13 +151,10 @@ def test_sample_generator_reproduces_the_committed_trail(tmp_path: Path) -> None
 
 
 # ---------------------------------------------------------------- replay
-# Replay needs the planner and snapshot modules (another area); skip cleanly until they exist.
 
 
 @pytest.fixture(scope="module")
 def replay_incident():
-    pytest.importorskip("drctl.planner")
-    pytest.importorskip("drctl.snapshot")
     from drctl.replay import replay_incident
 
     return replay_incident
@@ -190,8 +189,6 @@ def test_replay_shows_where_recorded_decisions_differ(log, replay_incident) -> N
 
 def test_replay_with_another_policy(log, replay_incident) -> None:
     policy = ROOT / "policies" / "proactive-evacuation.yaml"
-    if not policy.exists():
-        pytest.skip("policies/proactive-evacuation.yaml not in this tree")
     r = replay_incident(log.events, HV3, policy)
     assert r.rules_from == str(policy) and {d.vm for d in r.decisions} == {"web-1", "web-2", "db-1"}
     # each VM either gets a host other than the failing one, or the reasons no host fits
@@ -201,7 +198,7 @@ def test_replay_with_another_policy(log, replay_incident) -> None:
 # ---------------------------------------------------------------- headless Chromium
 
 
-@pytest.mark.skipif(not chromium.available(), reason=f"{chromium.CHROMIUM} not installed (apt-get install chromium)")
+@needs(chromium.available(), f"{chromium.CHROMIUM} not installed (apt-get install chromium)")
 def test_report_renders_in_headless_chromium(log) -> None:
     """Screenshot kept at artifacts/postmortem-timeline.png for people to look at."""
     artifacts = ROOT / "artifacts"

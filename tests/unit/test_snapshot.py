@@ -149,8 +149,6 @@ def test_plan_real_entry_point_exit_codes(tmp_path: Path) -> None:
 
 def test_plan_with_policy(tmp_path: Path) -> None:
     policy = Path(__file__).resolve().parents[2] / "policies" / "proactive-evacuation.yaml"
-    if not policy.exists():
-        pytest.skip("no example policy")
     result = CliRunner().invoke(cli, ["plan", "--snapshot", str(EXAMPLE), "--policy", str(policy), "--rebalance", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["summary"]["kind"] == "rebalance"
