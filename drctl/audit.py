@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import sys
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
@@ -205,12 +203,3 @@ def bind(**ids: Any) -> None:
 
 def unbind(*keys: str) -> None:
     structlog.contextvars.unbind_contextvars(*keys)
-
-
-def default_stderr() -> IO[str]:
-    return sys.stderr
-
-
-def env_audit_dir() -> Path | None:
-    d = os.environ.get("DRCTL_AUDIT_DIR")
-    return Path(d) if d else None

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
-from drctl.health import HostVerdict, host_states_from
+from drctl.health import HostVerdict, default_quorum, host_states_from
 from drctl.intents import Intent
 from drctl.model import VM, Host, HostState, Snapshot
 from drctl.store import KV, Store
@@ -72,7 +72,11 @@ def read_cluster(store: Store, keys: Keys) -> ClusterRecords:
     return ClusterRecords(rev, tuple(host_kvs), inv, maint, defs, plc, tuple(intents))
 
 
-def verdicts_of(records: ClusterRecords, keys: Keys, quorum: int, now: float) -> dict[str, HostVerdict]:
+def verdicts_of(records: ClusterRecords, keys: Keys, quorum: int | None, now: float) -> dict[str, HostVerdict]:
+    """Every host's state. quorum: witnesses needed to call a host dead; None = a
+    majority of the other hosts (each host's peers are its possible witnesses)."""
+    if quorum is None:
+        quorum = default_quorum(max(1, len(records.inventories) - 1))
     return host_states_from(records.host_kvs, keys, quorum, now)
 
 
@@ -142,7 +146,3 @@ def running_on(records: ClusterRecords) -> dict[str, list[str]]:
             if isinstance(entry, dict) and entry.get("state") == "running":
                 out.setdefault(str(entry.get("name")), []).append(host)
     return out
-
-
-def hosts_in(records: ClusterRecords) -> Iterable[str]:
-    return sorted(records.inventories)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Mapping
 
+from drctl.health import HostVerdict
 from drctl.model import HostState, IntentKind, IntentState, Move, Snapshot
 from drctl.policy import Policy
 from drctl.policy.types import Action, EvidenceKind, TriggerKind
@@ -67,20 +68,9 @@ class IntentView:
 
 
 @dataclass(frozen=True)
-class Verdict:
-    """A host's state with the evidence behind it (from drctl.health.host_state)."""
-
-    state: HostState
-    evidence: tuple[str, ...] = ()
-    reason: str = ""
-    lease_expired: bool = False
-    witnesses_confirm_down: bool = False
-
-
-@dataclass(frozen=True)
 class View:
     snapshot: Snapshot  # host.state from verdicts, host.maintenance from drain requests
-    verdicts: Mapping[str, Verdict]
+    verdicts: Mapping[str, HostVerdict]  # drctl.health.host_state: state + evidence
     held_s: Mapping[str, float]  # how long each host has been in its current state
     incidents: Mapping[str, Incident]  # open incidents by id
     intents: tuple[IntentView, ...]  # open (non-terminal) and this incident's finished ones
@@ -217,7 +207,7 @@ def _maybe_open(name: str, view: View, policy: Policy, now: float, busy: set[str
     if not view.snapshot.vms_on(name) or name in view.recently_closed:
         return []  # nothing to save, or the last episode just ended
     kind = _incident_kind(host.state, rule.trigger.kind)
-    verdict = view.verdicts.get(name, Verdict(host.state))
+    verdict = view.verdicts.get(name, HostVerdict(name, host.state, ""))
     reason = f"{name} {host.state.value}" + (f" ({verdict.reason})" if verdict.reason else "")
     if kind is IncidentKind.DRAIN:
         reason = f"{name}: maintenance requested"
@@ -240,14 +230,14 @@ def _progress(inc: Incident, view: View, policy: Policy, now: float, busy: set[s
 
 def _recover(inc: Incident, view: View, policy: Policy, busy: set[str]) -> list[Decision]:
     host = view.snapshot.hosts[inc.host]
-    verdict = view.verdicts.get(inc.host, Verdict(host.state))
+    verdict = view.verdicts.get(inc.host, HostVerdict(inc.host, host.state, ""))
     if host.state is not HostState.DEAD:
         # It came back (or was only cut off) before we acted: nothing to restart.
         return [CloseIncident(inc.id, f"{inc.host} is {host.state.value} again; restarted nothing")]
     need = policy.evidence.required
     have: list[str] = []
     missing: list[str] = []
-    for kind, ok in ((EvidenceKind.LEASE_EXPIRED, verdict.lease_expired),
+    for kind, ok in ((EvidenceKind.LEASE_EXPIRED, not verdict.lease_present),
                      (EvidenceKind.WITNESSES, verdict.witnesses_confirm_down)):
         if kind in need:
             (have if ok else missing).append(kind.value)
@@ -360,6 +350,6 @@ def _sentence(out: list[Decision], view: View) -> str:
     return f"all {len(view.snapshot.hosts)} hosts steady; nothing to do"
 
 
-__all__ = ["tick", "View", "Verdict", "Incident", "IncidentKind", "IncidentPhase", "IntentView", "TickResult",
+__all__ = ["tick", "View", "Incident", "IncidentKind", "IncidentPhase", "IntentView", "TickResult",
            "Settings", "Decision", "Freeze", "Resume", "OpenIncident", "UpdateIncident", "RequestFence",
            "WriteIntents", "CloseIncident", "memory_spread_pct"]

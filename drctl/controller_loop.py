@@ -37,7 +37,6 @@ from drctl.controller import (
     Resume,
     Settings,
     UpdateIncident,
-    Verdict,
     View,
     WriteIntents,
     tick,
@@ -45,7 +44,7 @@ from drctl.controller import (
 from drctl.election import Election, Leadership
 from drctl.errors import DrctlError, StoreError
 from drctl.fencing import FenceAgent
-from drctl.health import HostVerdict, default_quorum
+from drctl.health import HostVerdict
 from drctl.intents import IntentParams, create_intents, new_intent
 from drctl.model import HostState, IntentState, Snapshot
 from drctl.policy import Policy
@@ -65,13 +64,6 @@ def incident_from_json(raw: bytes) -> Incident:
     d = json.loads(raw)
     return Incident(**{**d, "kind": IncidentKind(d["kind"]), "phase": IncidentPhase(d["phase"]),
                        "evidence": tuple(d.get("evidence", ())), "intents": tuple(d.get("intents", ()))})
-
-
-def controller_verdict(v: HostVerdict) -> Verdict:
-    """The controller's view of a health verdict: which pieces of evidence it carries."""
-    lease_gone = any(e.startswith("lease gone") for e in v.evidence)
-    return Verdict(v.state, v.evidence, v.reason, lease_expired=lease_gone,
-                   witnesses_confirm_down=lease_gone and v.state is HostState.DEAD)
 
 
 @dataclass
@@ -100,7 +92,7 @@ class ControllerLoop:
         self.clock = clock or SystemClock()
         self.tick_interval_s = tick_interval_s
         self.settings = settings
-        self.quorum = quorum
+        self.quorum = quorum or policy.evidence.witness_quorum  # None: a majority of the peers
         self.echo = echo or (lambda _s: None)
         self.on_leading = on_leading
         self.election = Election(store, keys, name, ttl=lease_ttl, clock=self.clock, on_deposed=self._deposed)
@@ -155,9 +147,7 @@ class ControllerLoop:
         except StoreError:
             etcd_ok = False
             records = ClusterRecords(0, (), {}, {}, {}, {}, ())
-        hosts = len(records.inventories)
-        quorum = self.quorum or self.policy.evidence.witness_quorum or default_quorum(max(1, hosts - 1))
-        verdicts = verdicts_of(records, self.keys, quorum, now)
+        verdicts = verdicts_of(records, self.keys, self.quorum, now)
         snap = build_snapshot(records, verdicts, now)
         held: dict[str, float] = {}
         for h, host in snap.hosts.items():
@@ -171,7 +161,7 @@ class ControllerLoop:
         incidents, recently_closed = self._incidents(now)
         intents = tuple(IntentView(i.id, i.incident, i.vm, i.src, i.dst, i.state, i.kind)
                         for i in records.intents if i.incident in incidents or not i.state.terminal)
-        view = View(snapshot=snap, verdicts={h: controller_verdict(v) for h, v in verdicts.items()}, held_s=held,
+        view = View(snapshot=snap, verdicts=verdicts, held_s=held,
                     incidents=incidents, intents=intents, etcd_healthy=etcd_ok, age_s=0.0,
                     frozen=self.state.frozen, recently_closed=recently_closed)
         return view, records, snap
@@ -225,7 +215,7 @@ class ControllerLoop:
             if self._write(lead, self.keys.incident(inc.id), incident_to_json(inc)):
                 audit.emit(events.INCIDENT_OPENED, incident=inc.id, host=inc.host, trigger=inc.reason,
                            policy=inc.policy, kind=inc.kind.value, term=lead.term)
-                for piece in view.verdicts.get(inc.host, Verdict(HostState.HEALTHY)).evidence:
+                for piece in view.verdicts.get(inc.host, HostVerdict(inc.host, HostState.HEALTHY, "")).evidence:
                     if inc.kind is IncidentKind.RECOVER:
                         audit.emit(events.EVIDENCE_RECORDED, incident=inc.id, host=inc.host, kind="verdict",
                                    detail=piece)

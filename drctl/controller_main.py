@@ -19,7 +19,6 @@ from drctl.controller import Settings
 from drctl.controller_loop import ControllerLoop
 from drctl.errors import ConfigError, DrctlError
 from drctl.fencing import FenceAgent, make_agent
-from drctl.health import default_quorum
 from drctl.model import Host, Snapshot
 from drctl.policy import Policy, default_policy, load_policy
 from drctl.store import Store
@@ -40,8 +39,7 @@ class ClusterCache:
     def refresh(self) -> Snapshot:
         clock = SystemClock()
         records = read_cluster(self.store, self.keys)
-        quorum = self.quorum or default_quorum(max(1, len(records.inventories) - 1))
-        snap = build_snapshot(records, verdicts_of(records, self.keys, quorum, clock.now()), clock.now())
+        snap = build_snapshot(records, verdicts_of(records, self.keys, self.quorum, clock.now()), clock.now())
         with self._lock:
             self.snapshot = snap
             self.uris.update({h: str(inv["uri"]) for h, inv in records.inventories.items() if inv.get("uri")})
@@ -80,7 +78,7 @@ def run(cfg: Config, store: Store, stop: threading.Event, echo: Echo) -> None:
     if policy.evidence.fence_agent and policy.evidence.fence_agent not in agents:
         raise ConfigError(f"{cfg.path}: policy {policy.name} fences with {policy.evidence.fence_agent!r}, "
                           f"but controller.fence_agents has {sorted(agents) or 'none'}")
-    cache = ClusterCache(store, keys, cc.witness_quorum)
+    cache = ClusterCache(store, keys, cc.witness_quorum or policy.evidence.witness_quorum)
     cache.refresh()
     runner = None
     if cc.runner_enabled:

@@ -198,6 +198,8 @@ class HostVerdict:
     state: HostState
     reason: str
     evidence: tuple[str, ...] = ()
+    lease_present: bool = True  # the health record (bound to the agent's lease) exists
+    witnesses_confirm_down: bool = False  # a quorum of fresh witnesses cannot reach its libvirtd
 
 
 # A record is stale when its writer missed this many of its own intervals (and at least
@@ -253,13 +255,16 @@ def host_state(host: str, health: HealthRecord | None, witnesses: Mapping[str, W
     evidence.insert(0, "lease gone (no health record)")
     if reaching:
         return HostVerdict(host, HostState.UNREACHABLE,
-                           f"lease gone but {', '.join(reaching)} still reach its libvirtd", tuple(evidence))
+                           f"lease gone but {', '.join(reaching)} still reach its libvirtd", tuple(evidence),
+                           lease_present=False)
     if len(confirming) >= max(1, quorum):
         return HostVerdict(host, HostState.DEAD,
                            f"lease gone and {len(confirming)} of quorum {quorum} witnesses cannot reach its libvirtd "
-                           f"({', '.join(confirming)})", tuple(evidence))
+                           f"({', '.join(confirming)})", tuple(evidence),
+                           lease_present=False, witnesses_confirm_down=True)
     return HostVerdict(host, HostState.UNREACHABLE,
-                       f"lease gone; only {len(confirming)} witnesses confirm, quorum is {quorum}", tuple(evidence))
+                       f"lease gone; only {len(confirming)} witnesses confirm, quorum is {quorum}", tuple(evidence),
+                       lease_present=False)
 
 
 def host_states_from(kvs: Iterable[KV], keys: Keys, quorum: int, now: float) -> dict[str, HostVerdict]:

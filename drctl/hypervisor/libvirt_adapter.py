@@ -78,6 +78,12 @@ def translate(exc: libvirt.libvirtError, what: str, migration: bool = False) -> 
     return err
 
 
+# JobStats fields that carry libvirt's typed-parameter name unchanged
+_SAME_NAME = ("data_total", "data_processed", "data_remaining", "memory_total", "memory_processed",
+              "memory_remaining", "memory_dirty_rate", "memory_iteration", "memory_bps", "disk_total",
+              "disk_processed", "disk_remaining")
+
+
 def _stats(raw: dict[str, object], active: bool) -> JobStats:
     def i(key: str) -> int:
         v = raw.get(key, 0)
@@ -88,19 +94,8 @@ def _stats(raw: dict[str, object], active: bool) -> JobStats:
         active=active,
         elapsed_ms=i("time_elapsed"),
         downtime_ms=int(downtime) if isinstance(downtime, (int, float)) else None,
-        data_total=i("data_total"),
-        data_processed=i("data_processed"),
-        data_remaining=i("data_remaining"),
-        memory_total=i("memory_total"),
-        memory_processed=i("memory_processed"),
-        memory_remaining=i("memory_remaining"),
-        memory_dirty_rate=i("memory_dirty_rate"),
-        memory_iteration=i("memory_iteration"),
-        memory_bps=i("memory_bps"),
-        disk_total=i("disk_total"),
-        disk_processed=i("disk_processed"),
-        disk_remaining=i("disk_remaining"),
         raw=dict(raw),
+        **{k: i(k) for k in _SAME_NAME},  # type: ignore[arg-type]
     )
 
 

@@ -87,28 +87,34 @@ def stop_controllers(cfg: LabConfig) -> list[str]:
     state = LabState.load(cfg)
     names = [k.removeprefix("controller:") for k in state.extra_pids if k.startswith("controller:")]
     for name in names:
-        stop_pid(state.extra_pids.pop(controller_key(name)))
+        stop_pid(state.extra_pids.pop(controller_key(name)), "drctl.cli controller")
     state.save(cfg)
     return names
 
 
-def reset_controller_state(cfg: LabConfig) -> None:
-    """Forget every decision (incidents, intents, claims, placements, drain requests,
-    election keys) so a demo or a test starts from a clean slate. The agents' records
-    (health, inventory, definitions) stay: they describe the hosts as they are."""
+def forget_decisions(cfg: LabConfig, election_keys: bool = True) -> None:
+    """Forget every decision in etcd: incidents, intents, claims, placements, drain
+    requests and (with `election_keys`, only when no replica runs) the election. The
+    agents' records (health, inventory, definitions) stay: they describe the hosts."""
     from drctl.store.etcd import EtcdStore
     from drctl.store.keys import Keys
 
-    stop_controllers(cfg)
     keys = Keys()
+    prefixes = [keys.intents_prefix(), keys.intent_claims_prefix(), keys.incidents_prefix(), keys.vms_prefix()]
     store = EtcdStore([cfg.etcd_endpoint], timeout=3)
     try:
-        for prefix in (keys.intents_prefix(), keys.intent_claims_prefix(), keys.incidents_prefix(),
-                       keys.vms_prefix(), keys.leader_prefix()):
+        for prefix in prefixes + ([keys.leader_prefix()] if election_keys else []):
             store.delete_prefix(prefix)
         for host in LabState.load(cfg).hosts:
             store.delete(keys.maintenance(host))
     finally:
         store.close()
+
+
+def reset_controller_state(cfg: LabConfig) -> None:
+    """A clean slate for a demo or a test: replicas stopped, decisions forgotten, their
+    audit files removed (only now: a running replica would keep writing to a removed file)."""
+    stop_controllers(cfg)
+    forget_decisions(cfg)
     for f in (cfg.dir / "controllers").glob("ctl-*/audit.jsonl"):
         f.unlink()

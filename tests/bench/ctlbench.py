@@ -24,7 +24,7 @@ from drctl.errors import DrctlError
 from drctl.hypervisor.libvirt_adapter import connect
 from drctl.lab import cluster, faults, guests
 from drctl.lab.cluster import LabConfig, LabState
-from drctl.lab.controllers import controller_key, start_controllers
+from drctl.lab.controllers import controller_key, forget_decisions, start_controllers, stop_controllers
 from drctl.store.etcd import EtcdStore
 from drctl.store.keys import Keys
 
@@ -166,10 +166,7 @@ class Lab:
         return start_controllers(self.cfg, LabState.load(self.cfg), self.replicas, echo=quiet)
 
     def stop_controllers(self) -> None:
-        state = LabState.load(self.cfg)
-        for key in [k for k in state.extra_pids if k.startswith("controller:")]:
-            cluster.stop_pid(state.extra_pids.pop(key), "drctl.cli controller")
-        state.save(self.cfg)
+        stop_controllers(self.cfg)
 
     def controller_pid(self, name: str) -> int:
         return LabState.load(self.cfg).extra_pids.get(controller_key(name), 0)
@@ -186,13 +183,9 @@ class Lab:
         """Forget intents, claims, incidents and placement records (and the given VMs'
         stored definitions); with `leaders`, election keys too (controllers stopped)."""
         assert self.store is not None
-        prefixes = [KEYS.intents_prefix(), KEYS.intent_claims_prefix(), KEYS.incidents_prefix(), KEYS.vms_prefix()]
-        for prefix in prefixes + ([KEYS.leader_prefix()] if leaders else []):
-            self.store.delete_prefix(prefix)
+        forget_decisions(self.cfg, election_keys=leaders)
         for vm in vms:
             self.store.delete(KEYS.vm_definition(vm))
-        for n in range(1, HOSTS + 1):
-            self.store.delete(KEYS.maintenance(self.cfg.host_name(n)))
 
     def intents(self) -> list[dict]:
         assert self.store is not None

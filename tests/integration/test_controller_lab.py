@@ -19,9 +19,17 @@ from typing import Callable, Iterator
 
 import pytest
 
-from drctl.lab import cluster, faults, guests
+from drctl.lab import faults, guests
 from drctl.lab.cluster import LabConfig, LabState
-from drctl.lab.controllers import LAB_POLICY, controller_dir, controller_key, start_controllers
+from drctl.lab.controllers import (
+    LAB_POLICY,
+    controller_dir,
+    controller_key,
+    forget_decisions,
+    reset_controller_state,
+    start_controllers,
+    stop_controllers,
+)
 from drctl.store.etcd import EtcdStore
 from drctl.store.keys import Keys
 
@@ -104,21 +112,6 @@ class Harness:
         self.store.close()
 
 
-def _reset_controller_state(h: Harness) -> None:
-    for prefix in (KEYS.intents_prefix(), KEYS.intent_claims_prefix(), KEYS.incidents_prefix(),
-                   KEYS.vms_prefix(), KEYS.leader_prefix()):
-        h.store.delete_prefix(prefix)
-    for host in HOSTS:
-        h.store.delete(KEYS.maintenance(host))
-
-
-def _stop_controllers(cfg: LabConfig) -> None:
-    state = LabState.load(cfg)
-    for key in [k for k in state.extra_pids if k.startswith("controller:")]:
-        cluster.stop_pid(state.extra_pids.pop(key))
-    state.save(cfg)
-
-
 @pytest.fixture
 def ctl(clean_lab: LabConfig) -> Iterator[Harness]:
     """The lab with every host healthy, no guests, no controller state, two replicas."""
@@ -126,18 +119,15 @@ def ctl(clean_lab: LabConfig) -> Iterator[Harness]:
     for host in HOSTS:
         faults.inject(cfg, host, "clear", echo=lambda _m: None)
     h = Harness(cfg)
-    _stop_controllers(cfg)
-    _reset_controller_state(h)
-    for f in (cfg.dir / "controllers").glob("ctl-*/audit.jsonl"):
-        f.unlink()
+    reset_controller_state(cfg)
     state = LabState.load(cfg)
     start_controllers(cfg, state, 2, echo=lambda _m: None)
     wait_for(h.leader, 30, "a leader")
     yield h
-    _stop_controllers(cfg)
+    stop_controllers(cfg)
     for host in HOSTS:
         faults.inject(cfg, host, "clear", echo=lambda _m: None)
-    _reset_controller_state(h)
+    forget_decisions(cfg)
     h.close()
 
 
@@ -205,7 +195,7 @@ def test_host_only_cut_off_from_etcd_is_not_restarted(ctl: Harness) -> None:
 
 def test_failing_fence_agent_restarts_nothing_and_asks_a_human(ctl: Harness, tmp_path: Path) -> None:
     # a replica whose only fence agent always fails, alone (the good replicas stopped)
-    _stop_controllers(ctl.cfg)
+    stop_controllers(ctl.cfg)
     wait_for(lambda: ctl.leader() is None, 30, "the replicas' election keys to lapse")
     bad = tmp_path / "fence_fail"
     bad.write_text("#!/bin/sh\ncat >/dev/null\necho 'BMC unreachable' >&2\nexit 1\n")

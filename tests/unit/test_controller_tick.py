@@ -14,11 +14,11 @@ from drctl.controller import (
     RequestFence,
     Resume,
     UpdateIncident,
-    Verdict,
     View,
     WriteIntents,
     tick,
 )
+from drctl.health import HostVerdict
 from drctl.model import VM, Host, HostState, IntentKind, IntentState, Snapshot
 from drctl.policy import compile_policy
 
@@ -65,7 +65,7 @@ def cluster(states: dict[str, HostState] | None = None, maintenance: str = "") -
 
 
 def view(snap: Snapshot, held: float = 60.0, **kw) -> View:  # type: ignore[no-untyped-def]
-    verdicts = kw.pop("verdicts", {n: Verdict(h.state) for n, h in snap.hosts.items()})
+    verdicts = kw.pop("verdicts", {n: HostVerdict(n, h.state, "") for n, h in snap.hosts.items()})
     return View(snapshot=snap, verdicts=verdicts, held_s={n: held for n in snap.hosts},
                 incidents=kw.pop("incidents", {}), intents=kw.pop("intents", ()), **kw)
 
@@ -114,7 +114,7 @@ def test_incident_closes_when_its_intents_are_finished() -> None:
 
 def test_dead_host_is_fenced_before_anything_restarts() -> None:
     snap = cluster({"h1": HostState.DEAD})
-    verdicts = {n: Verdict(h.state, lease_expired=h.state is HostState.DEAD,
+    verdicts = {n: HostVerdict(n, h.state, "", lease_present=h.state is not HostState.DEAD,
                            witnesses_confirm_down=h.state is HostState.DEAD) for n, h in snap.hosts.items()}
     r = tick(view(snap, verdicts=verdicts), POLICY, NOW)
     kinds = [type(d) for d in r.decisions]
@@ -136,7 +136,7 @@ def test_dead_host_is_fenced_before_anything_restarts() -> None:
 
 def test_dead_host_without_witness_evidence_restarts_nothing() -> None:
     snap = cluster({"h1": HostState.DEAD})
-    verdicts = {"h1": Verdict(HostState.DEAD, lease_expired=True, witnesses_confirm_down=False)}
+    verdicts = {"h1": HostVerdict("h1", HostState.DEAD, "", lease_present=False, witnesses_confirm_down=False)}
     r = tick(view(snap, verdicts=verdicts), POLICY, NOW)
     assert [type(d) for d in r.decisions] == [OpenIncident]
 
