@@ -346,6 +346,8 @@ class Runner:
                 if self.clock.monotonic() > deadline:
                     raise HostUnreachable(f"{it.src}: an earlier job of {it.vm} is still running")
                 threading.Event().wait(self.cfg.watch.poll_s)  # real pacing; the deadline is on the clock
+        except NoSuchDomain:
+            pass  # the earlier job was a migration that completed: nothing left to wait for
         finally:
             close_quietly(src)
 
@@ -439,7 +441,15 @@ class Runner:
 
     # ---------------------------------------------------------------- resumed in migrating
     def _on_migrating_resumed(self, it: Intent) -> Intent:
-        """A migration we did not start (crashed runner, parked intent): look first."""
+        """A migration we did not start (crashed runner, parked intent): look first.
+
+        The source libvirtd drives a peer-to-peer migration, so it can still be running
+        after the runner that started it died: while it runs the VM looks "on the source"
+        and would be moved again. Let it end (arrive or fail) before looking."""
+        try:
+            self._wait_source_idle(it)
+        except (TransientError, PrecheckFailed):
+            pass  # cannot ask the source (down, or hung past the wait): where it runs decides
         res, detail = self._where_now(it)
         if res is Resolution.DESTINATION:
             return self._to(it, S.VERIFYING, f"resumed: runs on {it.dst} ({detail})")
