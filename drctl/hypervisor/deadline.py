@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Callable, TypeVar
 
-from drctl.errors import HypervisorTimeout
+from drctl.model.errors import HypervisorTimeout
 
 T = TypeVar("T")
 

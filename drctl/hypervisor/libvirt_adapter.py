@@ -13,7 +13,7 @@ from typing import Callable, TypeVar
 
 import libvirt
 
-from drctl.errors import (
+from drctl.model.errors import (
     HostUnreachable,
     HypervisorError,
     HypervisorPermanent,

@@ -13,7 +13,7 @@ import uuid as uuidlib
 from dataclasses import dataclass, field, replace
 
 from drctl.clock import Clock, SystemClock
-from drctl.errors import (
+from drctl.model.errors import (
     HostUnreachable,
     HypervisorTimeout,
     IncompatibleHost,

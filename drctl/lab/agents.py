@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from drctl.errors import ConfigError, StoreError
+from drctl.model.errors import ConfigError, StoreError
 from drctl.lab.cluster import HostRecord, LabConfig, LabState, _spawn, pid_alive
 
 # Files the probes read, relative to the host's root/, with their healthy content.
@@ -110,7 +110,7 @@ def _start_agent(cfg: LabConfig, state: LabState, rec: HostRecord) -> bool:
     conf.write_text(yaml.safe_dump(agent_config(cfg, rec), sort_keys=False))
     reset_probe_files(cfg, rec.name)
     # the trailing space in the marker: "--host labhost1 " must not match labhost10
-    argv = [sys.executable, "-m", "drctl.cli", "agent", "--host", rec.name, "--config", str(conf)]
+    argv = [sys.executable, "-m", "drctl.cli.main", "agent", "--host", rec.name, "--config", str(conf)]
     state.extra_pids[agent_key(rec.name)] = _spawn(argv, agent_dir(cfg, rec.name) / "agent.log")
     return True
 

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from drctl.errors import ConfigError
+from drctl.model.errors import ConfigError
 
 APT_PACKAGES = (
     "libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils etcd-server etcd-client "

@@ -15,7 +15,7 @@ from drctl.hypervisor import DomainState, Hypervisor
 from drctl.lab.cluster import LabConfig
 from drctl.lab.guest import Tick, last_tick
 from drctl.lab.guests import console_path
-from drctl.verification import Health
+from drctl.runner.verification import Health
 
 _TICK = re.compile(r"drctl-tick (\d+) up ([0-9.]+)")
 

@@ -58,7 +58,7 @@ def start_controllers(cfg: LabConfig, state: LabState, replicas: int, echo=print
         d.mkdir(parents=True, exist_ok=True)
         conf = d / "controller.yaml"
         conf.write_text(yaml.safe_dump(controller_config(cfg, name, policy), sort_keys=False))
-        argv = [sys.executable, "-m", "drctl.cli", "controller", "--config", str(conf), "--name", name]
+        argv = [sys.executable, "-m", "drctl.cli.main", "controller", "--config", str(conf), "--name", name]
         state.extra_pids[controller_key(name)] = _spawn(argv, d / "controller.log")
         state.save(cfg)
         started.append(name)
@@ -87,7 +87,7 @@ def stop_controllers(cfg: LabConfig) -> list[str]:
     state = LabState.load(cfg)
     names = [k.removeprefix("controller:") for k in state.extra_pids if k.startswith("controller:")]
     for name in names:
-        stop_pid(state.extra_pids.pop(controller_key(name)), "drctl.cli controller")
+        stop_pid(state.extra_pids.pop(controller_key(name)), "drctl.cli.main controller")
     state.save(cfg)
     return names
 

@@ -15,7 +15,7 @@ import os
 import signal
 from pathlib import Path
 
-from drctl.errors import ConfigError
+from drctl.model.errors import ConfigError
 from drctl.lab import agents, cluster
 from drctl.lab.cluster import HostRecord, LabConfig, LabState, pid_alive
 

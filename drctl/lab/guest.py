@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-from drctl.errors import ConfigError
+from drctl.model.errors import ConfigError
 
 _INIT = Path(__file__).with_name("guest-init")
 _MODULES = ("virtio_ring", "virtio", "virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio_pci", "virtio_blk")

@@ -5,7 +5,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from drctl.errors import ConfigError, HostUnreachable, NoSuchDomain
+from drctl.model.errors import ConfigError, HostUnreachable, NoSuchDomain
 from drctl.hypervisor import DomainState
 from drctl.hypervisor.libvirt_adapter import LibvirtHypervisor, connect
 from drctl.lab.cluster import LabConfig, LabState

@@ -23,7 +23,7 @@ from typing import Iterable
 
 import yaml
 
-from drctl.model import HostAffinity, HostSelector
+from drctl.model.cluster import HostAffinity, HostSelector
 from drctl.policy.sections import HostRule
 from drctl.policy.types import DroppedRule, Group, Rule, Trigger, TriggerKind
 

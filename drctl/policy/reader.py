@@ -13,7 +13,7 @@ from typing import Callable, Iterable, TypeVar
 
 import yaml
 
-from drctl.errors import ConfigError
+from drctl.model.errors import ConfigError
 
 T = TypeVar("T")
 _STD = "tag:yaml.org,2002:"

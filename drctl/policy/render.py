@@ -7,7 +7,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from drctl.model import HostSelector, VMSelector
+from drctl.model.cluster import HostSelector, VMSelector
 from drctl.policy.types import ActionSpec, Policy, Rule
 from drctl.policy.units import Window
 

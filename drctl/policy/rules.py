@@ -17,7 +17,7 @@ import re
 
 import yaml
 
-from drctl.model import HostState
+from drctl.model.cluster import HostState
 from drctl.policy.reader import Invalid, Reader, join
 from drctl.policy.selectors import host_selector, vm_selector
 from drctl.policy.types import Action, ActionSpec, Order, Override, Rule, Trigger, TriggerKind

@@ -1,6 +1,6 @@
 """Reading the `placement`, `limits`, `evidence` and `rebalance` sections of a policy.
 
-Each reader takes the section's node and returns compiled values (drctl.model types where
+Each reader takes the section's node and returns compiled values (drctl.model.cluster types where
 they exist); omitted keys keep the safe defaults of PlacementRules / Limits.
 """
 from __future__ import annotations
@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 
 import yaml
 
-from drctl.model import HostSelector, Limits, PlacementRules, SpareMode, VMSelector
+from drctl.model.cluster import HostSelector, Limits, PlacementRules, SpareMode, VMSelector
 from drctl.policy.reader import Reader, join
 from drctl.policy.rules import read_name
 from drctl.policy.selectors import host_selector, vm_selector

@@ -1,4 +1,4 @@
-"""Host and VM selectors in a policy, read into drctl.model's HostSelector / VMSelector.
+"""Host and VM selectors in a policy, read into drctl.model.cluster's HostSelector / VMSelector.
 
     hosts: {names: ["hv-*"], labels: {role: compute}, not: {labels: {role: spare}}}
     vms:   {names: ["db-*"], tags: [prod], min_priority: 10}
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import yaml
 
-from drctl.model import HostSelector, VMSelector
+from drctl.model.cluster import HostSelector, VMSelector
 from drctl.policy.reader import Invalid, Reader, is_null, join
 
 HOST_KEYS = ("names", "labels", "not")

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Iterable
 
-from drctl.model import (
+from drctl.model.cluster import (
     Host,
     HostSelector,
     HostState,

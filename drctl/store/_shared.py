@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from drctl import audit
+from drctl.audit import writer as audit
 from drctl.store import Compare, Op, Put
 
 

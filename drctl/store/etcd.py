@@ -30,8 +30,8 @@ import etcd3.exceptions as etcd_exc
 import etcd3.utils
 import grpc
 
-from drctl import audit
-from drctl.errors import (
+from drctl.audit import writer as audit
+from drctl.model.errors import (
     ConfigError,
     LeaseLost,
     StoreError,

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from drctl.clock import Clock, SystemClock
-from drctl.errors import LeaseLost, StoreError, StoreUnavailable, WatchCompacted
+from drctl.model.errors import LeaseLost, StoreError, StoreUnavailable, WatchCompacted
 from drctl.store import (
     KV,
     Compare,

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from typing import Self
 
-from drctl.errors import DrctlError
+from drctl.model.errors import DrctlError
 from drctl.hypervisor.libvirt_adapter import connect
 from drctl.lab import cluster, faults, guests
 from drctl.lab.cluster import LabConfig, LabState

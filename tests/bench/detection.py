@@ -1,5 +1,5 @@
 """Detection benchmark: how fast a host's state turns `dead` after `host-kill`, and
-`degraded` after `memory-errors`, as the controller would see it (drctl.health verdicts
+`degraded` after `memory-errors`, as the controller would see it (drctl.health.grading verdicts
 over a watch-fed mirror of the hosts prefix in etcd).
 
     python tests/bench/detection.py [--trials N] [--json] [--soak SECONDS] [--keep]
@@ -23,10 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from drctl.health import host_states_from  # noqa: E402
+from drctl.health.grading import host_states_from  # noqa: E402
 from drctl.lab import cluster, faults  # noqa: E402
 from drctl.lab.cluster import LabConfig, LabState  # noqa: E402
-from drctl.model import HostState  # noqa: E402
+from drctl.model.cluster import HostState  # noqa: E402
 from drctl.store import KV, EventKind, WatchEvent  # noqa: E402
 from drctl.store.etcd import EtcdStore  # noqa: E402
 from drctl.store.keys import Keys  # noqa: E402

@@ -18,15 +18,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from drctl import audit, intents  # noqa: E402
+from drctl.audit import writer as audit
+
+from drctl.control import intents  # noqa: E402
 from drctl.clock import SystemClock  # noqa: E402
 from drctl.hypervisor.libvirt_adapter import connect  # noqa: E402
-from drctl.intents import IntentParams, new_intent  # noqa: E402
+from drctl.control.intents import IntentParams, new_intent  # noqa: E402
 from drctl.lab import cluster, guests  # noqa: E402
 from drctl.lab.cluster import LabConfig  # noqa: E402
 from drctl.lab.console_health import ConsoleTicks  # noqa: E402
-from drctl.model import Limits, Move  # noqa: E402
-from drctl.runner import Runner, RunnerConfig  # noqa: E402
+from drctl.model.cluster import Limits, Move  # noqa: E402
+from drctl.runner.executor import Runner, RunnerConfig  # noqa: E402
 from drctl.store.keys import Keys  # noqa: E402
 from drctl.store.memory import MemoryStore  # noqa: E402
 

@@ -32,11 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ctlbench import KEYS, Lab, Trail, lab_config, pct, wait_for
 
-from drctl import intents
+from drctl.control import intents
 from drctl.clock import SystemClock
-from drctl.intents import IntentParams, new_intent
+from drctl.control.intents import IntentParams, new_intent
 from drctl.lab import guests
-from drctl.model import Move
+from drctl.model.cluster import Move
 
 TTL_S = 2  # controller election lease and runner claim lease (lab controller config)
 VM, MEMORY_MIB = "fovm1", 128

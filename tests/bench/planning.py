@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from drctl import planner  # noqa: E402
-from drctl.model import VM, Disk, Host, Limits, PlacementRules, Snapshot  # noqa: E402
+from drctl.planning import planner  # noqa: E402
+from drctl.model.cluster import VM, Disk, Host, Limits, PlacementRules, Snapshot  # noqa: E402
 from tests.unit.checker import check_plan  # noqa: E402
 
 VMS_PER_HOST = 20

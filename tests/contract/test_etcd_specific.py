@@ -12,7 +12,7 @@ from typing import TypeVar
 
 import pytest
 
-from drctl.errors import ConfigError, StoreUnavailable, WatchCompacted
+from drctl.model.errors import ConfigError, StoreUnavailable, WatchCompacted
 from drctl.store.etcd import EtcdStore, connect_store
 from tests.contract.test_store_contract import Recorder, wait_for
 from tests.etcd_server import ETCD_BINARY, EtcdServer, free_port

@@ -11,7 +11,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from drctl.errors import HostUnreachable, NoSuchDomain
+from drctl.model.errors import HostUnreachable, NoSuchDomain
 from drctl.hypervisor import DomainState, Hypervisor, MigrationParams
 from drctl.hypervisor.sim import SimCluster
 from drctl.lab.guest import GuestImage, domain_xml, last_tick, wait_ticking

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import pytest
 
 from drctl.clock import SimClock
-from drctl.errors import LeaseLost, WatchCompacted
+from drctl.model.errors import LeaseLost, WatchCompacted
 from drctl.store import Compare, Delete, EventKind, Put, Store, WatchEvent
 
 

@@ -212,7 +212,7 @@ def test_failing_fence_agent_restarts_nothing_and_asks_a_human(ctl: Harness, tmp
     }))
     controller_dir(ctl.cfg, "ctl-x").mkdir(parents=True, exist_ok=True)
     names = ctl.guests_on("labhost2", 1)
-    proc = subprocess.Popen([sys.executable, "-m", "drctl.cli", "controller", "--config", str(conf)],
+    proc = subprocess.Popen([sys.executable, "-m", "drctl.cli.main", "controller", "--config", str(conf)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         wait_for(lambda: ctl.leader() == "ctl-x", 30, "ctl-x to lead")
@@ -246,7 +246,7 @@ def test_two_hosts_in_trouble_at_once_freeze_with_blast_radius_one(ctl: Harness)
 
 def test_drain_empties_host_with_live_migrations_and_undrain_reopens_it(ctl: Harness) -> None:
     names = ctl.guests_on("labhost3", 4, memory=96, dirty=1)
-    base = [sys.executable, "-m", "drctl.cli"]
+    base = [sys.executable, "-m", "drctl.cli.main"]
     r = subprocess.run([*base, "drain", "labhost3", "--etcd", ctl.cfg.etcd_endpoint, "--timeout", "400"],
                        capture_output=True, text=True, timeout=450)
     assert r.returncode == 0, r.stdout + r.stderr

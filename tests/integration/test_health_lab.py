@@ -1,6 +1,6 @@
 """Health watchers on the real lab: real etcd, real libvirtd per host, one agent per host
 behind its own etcd relay. Every fault is injected with `drctl lab inject` logic and the
-host's state read the way the controller reads it (drctl.health.read_host_states).
+host's state read the way the controller reads it (drctl.health.grading.read_host_states).
 
 Timing margins are generous (2 shared cores, other labs running): what is asserted is
 the state reached and the state never reached, not how fast.
@@ -15,11 +15,11 @@ from typing import Iterator
 
 import pytest
 
-from drctl.health import read_host_states
+from drctl.health.grading import read_host_states
 from drctl.lab import faults
 from drctl.lab.agents import agent_dir
 from drctl.lab.cluster import LabConfig
-from drctl.model import HostState
+from drctl.model.cluster import HostState
 from drctl.store.etcd import EtcdStore
 from drctl.store.keys import Keys
 from tests.lab_fixtures import lab  # noqa: F401 - the session fixture
@@ -130,7 +130,7 @@ def test_probe_configuration_error_stops_the_agent_at_start(tmp_path: Path) -> N
     conf = tmp_path / "agent.yaml"
     conf.write_text("etcd:\n  endpoints: [127.0.0.1:1]\nagent:\n  probes:\n    - kind: libvirt\n"
                     "      interval: 1s\n    - kind: edac\n      interval: soon\n")
-    done = subprocess.run([sys.executable, "-m", "drctl.cli", "agent", "--host", "hv1", "--config", str(conf)],
+    done = subprocess.run([sys.executable, "-m", "drctl.cli.main", "agent", "--host", "hv1", "--config", str(conf)],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert f"{conf}:8:17: agent.probes[1].interval: not a duration: 'soon'" in done.stderr

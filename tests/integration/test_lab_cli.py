@@ -13,7 +13,7 @@ from tests.requires import skip_unless
 
 from drctl.lab.cluster import LabState, LabConfig, pid_alive
 
-DRCTL = [sys.executable, "-m", "drctl.cli"]
+DRCTL = [sys.executable, "-m", "drctl.cli.main"]
 
 
 def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:

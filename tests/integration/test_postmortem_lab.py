@@ -17,21 +17,21 @@ import pytest
 
 from tests.requires import needs
 
-from drctl import events as ev
-from drctl.auditlog import read_files
+from drctl.audit import events as ev
+from drctl.audit.reader import read_files
 from drctl.hypervisor.libvirt_adapter import connect
 from drctl.lab.cluster import LabConfig
 from drctl.lab import faults
 from drctl.lab.guests import host_uris
-from drctl.postmortem import build_report
-from drctl.report_html import render_html, render_markdown
+from drctl.audit.postmortem import build_report
+from drctl.audit.report_html import render_html, render_markdown
 from tests import chromium
 from tests.integration.test_controller_lab import Harness, ctl, wait_for  # noqa: F401 - ctl is a fixture
 
 pytestmark = pytest.mark.lab
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "artifacts"
-CLI = [sys.executable, "-m", "drctl.cli"]
+CLI = [sys.executable, "-m", "drctl.cli.main"]
 
 
 def audit_files(cfg: LabConfig) -> list[Path]:

@@ -16,17 +16,19 @@ from dataclasses import dataclass
 
 import pytest
 
-from drctl import audit, intents
+from drctl.audit import writer as audit
+
+from drctl.control import intents
 from drctl.clock import SystemClock
 from drctl.hypervisor.libvirt_adapter import connect
-from drctl.intents import Intent, IntentParams, new_intent
+from drctl.control.intents import Intent, IntentParams, new_intent
 from drctl.lab import guests
 from drctl.lab.cluster import LabConfig, LabState
 from drctl.lab.console_health import ConsoleTicks
 from drctl.lab.guest import disk_sums, last_tick, wait_ticking
-from drctl.migration import Progress, WatchConfig
-from drctl.model import IntentState, Move
-from drctl.runner import Runner, RunnerConfig
+from drctl.runner.migration import Progress, WatchConfig
+from drctl.model.cluster import IntentState, Move
+from drctl.runner.executor import Runner, RunnerConfig
 from drctl.store.etcd import EtcdStore
 from drctl.store.keys import Keys
 
@@ -158,7 +160,7 @@ def test_hung_destination_is_aborted_by_the_watchdog_and_vm_moved_elsewhere(rig:
 
 
 def states_until_gone(lab: LabConfig, host: str, vm: str, timeout_s: float) -> list[str]:
-    from drctl.errors import NoSuchDomain
+    from drctl.model.errors import NoSuchDomain
 
     seen: list[str] = []
     pace = threading.Event()

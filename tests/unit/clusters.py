@@ -5,7 +5,7 @@ import random
 
 from hypothesis import strategies as st
 
-from drctl.model import (
+from drctl.model.cluster import (
     VM,
     Disk,
     Host,

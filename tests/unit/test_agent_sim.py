@@ -11,14 +11,14 @@ from typing import Iterator
 
 import pytest
 
-from drctl import audit
-from drctl.agent import Agent, choose_witnessed
+from drctl.audit import writer as audit
+from drctl.health.agent import Agent, choose_witnessed
 from drctl.clock import SimClock
-from drctl.config import AgentConfig, Peer
-from drctl.health import read_host_states
+from drctl.config.settings import AgentConfig, Peer
+from drctl.health.grading import read_host_states
 from drctl.hypervisor.sim import SimCluster
-from drctl.model import HostState
-from drctl.probes import KINDS, ProbeSpec
+from drctl.model.cluster import HostState
+from drctl.health.probes import KINDS, ProbeSpec
 from drctl.store.keys import Keys
 from drctl.store.memory import MemoryStore
 

@@ -9,9 +9,9 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drctl.audit import GENESIS, line_hash
-from drctl.auditlog import RawLine
-from drctl.auditverify import (
+from drctl.audit.writer import GENESIS, line_hash
+from drctl.audit.reader import RawLine
+from drctl.audit.verify import (
     CHANGED_OR_DROPPED,
     DAMAGED,
     DUPLICATED,
@@ -20,7 +20,7 @@ from drctl.auditverify import (
     verify_files,
     verify_lines,
 )
-from drctl.cli import cli
+from drctl.cli.main import cli
 
 SAMPLE = Path(__file__).parent.parent / "data" / "audit"
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from drctl import audit
-from drctl.audit import ChainedFile, line_hash
-from drctl.auditlog import Filter, order_rotated, parse_since, read_files
-from drctl.cli import cli
+from drctl.audit import writer as audit
+from drctl.audit.writer import ChainedFile, line_hash
+from drctl.audit.reader import Filter, order_rotated, parse_since, read_files
+from drctl.cli.main import cli
 
 SAMPLE = Path(__file__).parent.parent / "data" / "audit"
 FILES = sorted(str(p) for p in SAMPLE.glob("*.log*"))

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from drctl.config import load_config, parse_config
-from drctl.errors import ConfigError
+from drctl.config.settings import load_config, parse_config
+from drctl.model.errors import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "drctl.example.yaml"
 

@@ -7,11 +7,11 @@ import json
 import pytest
 
 from drctl.clock import SimClock
-from drctl.controller_loop import ControllerLoop, incident_from_json
-from drctl.election import Election
-from drctl.health import Grade, HealthRecord, WitnessReport
-from drctl.intents import list_intents
-from drctl.model import IntentKind
+from drctl.control.loop import ControllerLoop, incident_from_json
+from drctl.control.election import Election
+from drctl.health.grading import Grade, HealthRecord, WitnessReport
+from drctl.control.intents import list_intents
+from drctl.model.cluster import IntentKind
 from drctl.policy import compile_policy
 from drctl.store.memory import MemoryStore
 from drctl.store.keys import Keys

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from drctl.controller import (
+from drctl.control.tick import (
     CloseIncident,
     Freeze,
     Incident,
@@ -18,8 +18,8 @@ from drctl.controller import (
     WriteIntents,
     tick,
 )
-from drctl.health import HostVerdict
-from drctl.model import VM, Host, HostState, IntentKind, IntentState, Snapshot
+from drctl.health.grading import HostVerdict
+from drctl.model.cluster import VM, Host, HostState, IntentKind, IntentState, Snapshot
 from drctl.policy import compile_policy
 
 POLICY = compile_policy(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from drctl.errors import StoreUnavailable
+from drctl.model.errors import StoreUnavailable
 from drctl.store import WatchEvent
 from drctl.store.memory import MemoryStore
 

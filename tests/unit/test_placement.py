@@ -1,7 +1,7 @@
 """Placement: each rule rejects with its own reason; scores spread load; the ledger reserves."""
 from __future__ import annotations
 
-from drctl.model import (
+from drctl.model.cluster import (
     VM,
     Disk,
     Host,
@@ -14,7 +14,7 @@ from drctl.model import (
     StorageKind,
     VMSelector,
 )
-from drctl.placement import Candidate, Ledger, choose, evaluate
+from drctl.planning.placement import Candidate, Ledger, choose, evaluate
 
 RULES = PlacementRules()
 

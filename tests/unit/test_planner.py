@@ -9,9 +9,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from drctl import placement, planner
-from drctl.errors import ConfigError
-from drctl.model import VM, Disk, Host, HostState, IntentKind, Limits, PlacementRules, Snapshot, StorageKind
+from drctl.planning import placement
+
+from drctl.planning import planner
+from drctl.model.errors import ConfigError
+from drctl.model.cluster import VM, Disk, Host, HostState, IntentKind, Limits, PlacementRules, Snapshot, StorageKind
 from tests.unit.checker import check_plan
 from tests.unit.clusters import rules as rules_st
 from tests.unit.clusters import snapshots

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from drctl.cli import cli
-from drctl.model import VM, Host, HostState, Snapshot
+from drctl.cli.main import cli
+from drctl.model.cluster import VM, Host, HostState, Snapshot
 from drctl.policy import (
     Action,
     EvidenceKind,
@@ -197,7 +197,7 @@ def test_load_policies_reports_every_file_and_duplicate_names(tmp_path: Path) ->
 
 
 def test_policy_error_is_a_config_error() -> None:
-    from drctl.errors import ConfigError
+    from drctl.model.errors import ConfigError
 
     with pytest.raises(ConfigError):
         load_policy(POLICIES / "does-not-exist.yaml")

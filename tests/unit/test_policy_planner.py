@@ -5,8 +5,8 @@ Small hand-built snapshots; one policy text with a knob turned per test.
 from __future__ import annotations
 
 
-from drctl import planner
-from drctl.model import VM, Host, Snapshot
+from drctl.planning import planner
+from drctl.model.cluster import VM, Host, Snapshot
 from drctl.policy import Policy, compile_policy
 
 BASE = """\

@@ -14,11 +14,11 @@ import pytest
 from tests.requires import needs
 from click.testing import CliRunner
 
-from drctl import events as ev
-from drctl.auditlog import Event, read_files
-from drctl.cli import cli
-from drctl.postmortem import IncidentNotFound, build_report
-from drctl.report_html import render_html, render_markdown, timeline_svg
+from drctl.audit import events as ev
+from drctl.audit.reader import Event, read_files
+from drctl.cli.main import cli
+from drctl.audit.postmortem import IncidentNotFound, build_report
+from drctl.audit.report_html import render_html, render_markdown, timeline_svg
 from tests import chromium
 
 ROOT = Path(__file__).parent.parent.parent
@@ -155,7 +155,7 @@ def test_sample_generator_reproduces_the_committed_trail(tmp_path: Path) -> None
 
 @pytest.fixture(scope="module")
 def replay_incident():
-    from drctl.replay import replay_incident
+    from drctl.audit.replay import replay_incident
 
     return replay_incident
 
@@ -163,9 +163,9 @@ def replay_incident():
 def _as_planned(events: tuple[Event, ...], incident: str) -> list[Event]:
     """The trail with its placement decisions replaced by what the planner decides on the
     recorded snapshot: a trail a controller using this planner would have written."""
-    from drctl import planner
-    from drctl.model import Limits, PlacementRules
-    from drctl.replay import _rebuild, snapshot_of
+    from drctl.planning import planner
+    from drctl.model.cluster import Limits, PlacementRules
+    from drctl.audit.replay import _rebuild, snapshot_of
 
     rec = next(e for e in events if e.name == ev.SNAPSHOT_RECORDED and e.get("incident") == incident)
     plan = planner.plan_evacuation(snapshot_of(events, incident), ["hv3"], _rebuild(PlacementRules, rec["rules"], []),

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from drctl.config import load_config, parse_config
-from drctl.errors import ConfigError
-from drctl.health import Grade
-from drctl.probes import (CommandProbe, DiskProbe, EdacProbe, KINDS, MceProbe, MemoryProbe, NicProbe, ProbeSpec)
+from drctl.config.settings import load_config, parse_config
+from drctl.model.errors import ConfigError
+from drctl.health.grading import Grade
+from drctl.health.probes import (CommandProbe, DiskProbe, EdacProbe, KINDS, MceProbe, MemoryProbe, NicProbe, ProbeSpec)
 
 
 def err(text: str) -> str:

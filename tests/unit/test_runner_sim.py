@@ -5,15 +5,17 @@ from pathlib import Path
 
 import pytest
 
-from drctl import audit, intents
+from drctl.audit import writer as audit
+
+from drctl.control import intents
 from drctl.clock import SimClock
-from drctl.errors import MigrationFailed
+from drctl.model.errors import MigrationFailed
 from drctl.hypervisor.sim import SimCluster
-from drctl.intents import Intent, IntentParams, new_intent
+from drctl.control.intents import Intent, IntentParams, new_intent
 from drctl.lab.guest import GuestImage, domain_xml
-from drctl.migration import WatchConfig
-from drctl.model import IntentKind, IntentState, Limits, Move
-from drctl.runner import Runner, RunnerConfig
+from drctl.runner.migration import WatchConfig
+from drctl.model.cluster import IntentKind, IntentState, Limits, Move
+from drctl.runner.executor import Runner, RunnerConfig
 from drctl.store import Compare
 from drctl.store.keys import Keys
 from drctl.store.memory import MemoryStore
@@ -237,7 +239,7 @@ def test_restart_survives_losing_the_stored_definition_after_a_failed_start(worl
     """A start on h2 times out; the half-started copy is undefined there, and h2's agent
     removes the definition record it had published for it. The retry on h3 must still
     have the definition (kept in the intent), or the VM would stay down."""
-    from drctl.errors import HypervisorTimeout
+    from drctl.model.errors import HypervisorTimeout
 
     xml = world.vm("db-4")
     world.store.put(world.keys.vm_definition("db-4"), xml.encode())
@@ -303,7 +305,7 @@ def test_restarts_booting_take_no_slot_so_a_dead_hosts_vms_all_start_at_once(wor
 
 
 def test_stall_detector_fires_when_dirty_memory_stops_shrinking() -> None:
-    from drctl.convergence import StallDetector, next_step
+    from drctl.runner.convergence import StallDetector, next_step
     from drctl.hypervisor import JobStats
 
     d = StallDetector(k_iterations=2, stall_s=1000, deadline_s=1000)
@@ -322,7 +324,7 @@ def test_stall_detector_fires_when_dirty_memory_stops_shrinking() -> None:
 
 
 def test_resolve_where_a_vm_runs() -> None:
-    from drctl.verification import Resolution, Where, resolve
+    from drctl.runner.verification import Resolution, Where, resolve
 
     R, W = Resolution, Where
     assert resolve({"a": W.RUNNING, "b": W.UNKNOWN}, "a", "b")[0] is R.SOURCE
@@ -334,8 +336,8 @@ def test_resolve_where_a_vm_runs() -> None:
 
 def test_prechecks_name_each_failure() -> None:
     from drctl.hypervisor import GuestSupport, HostCapacity
-    from drctl.model import Host, HostState
-    from drctl.prechecks import CheckPolicy, DestFacts, domain_needs, evaluate, summary
+    from drctl.model.cluster import Host, HostState
+    from drctl.runner.prechecks import CheckPolicy, DestFacts, domain_needs, evaluate, summary
 
     xml = domain_xml("p", GuestImage(Path("/k"), Path("/i")), 1024, Path("/c"),
                      cpu_xml="<cpu mode='custom'><model>Skylake</model></cpu>")

@@ -10,10 +10,10 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from drctl.cli import cli
-from drctl.errors import ConfigError
-from drctl.model import HostState, StorageKind
-from drctl.snapshot import dump_snapshot, load_snapshot, parse_snapshot, save_snapshot
+from drctl.cli.main import cli
+from drctl.model.errors import ConfigError
+from drctl.model.cluster import HostState, StorageKind
+from drctl.model.snapshot import dump_snapshot, load_snapshot, parse_snapshot, save_snapshot
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "examples" / "snapshot-small.json"
 
@@ -139,7 +139,7 @@ def test_plan_example_table_exits_3_with_unplaced() -> None:
 
 def test_plan_real_entry_point_exit_codes(tmp_path: Path) -> None:
     """Through `main()`, as an operator runs it (no CliRunner in between)."""
-    run = [sys.executable, "-m", "drctl.cli", "plan", "--snapshot"]
+    run = [sys.executable, "-m", "drctl.cli.main", "plan", "--snapshot"]
     bad = subprocess.run([*run, str(tmp_path / "missing.json"), "--rebalance"], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stdout == "" and "Traceback" not in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1

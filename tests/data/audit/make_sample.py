@@ -2,7 +2,7 @@
 
     .venv/bin/python tests/data/audit/make_sample.py [OUT_DIR]
 
-Two incidents on a 5-host cluster (racks r1-r3), written through drctl.audit exactly as the
+Two incidents on a 5-host cluster (racks r1-r3), written through drctl.audit.writer exactly as the
 controller, runner and agents would, on a fake clock so the files are byte-for-byte
 reproducible:
 
@@ -21,8 +21,8 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from drctl import audit
-from drctl import events as ev
+from drctl.audit import writer as audit
+from drctl.audit import events as ev
 
 T0 = datetime(2025, 3, 14, 9, 0, 0, tzinfo=UTC).timestamp()
 OUT = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent
@@ -232,7 +232,7 @@ def incident_degraded() -> None:
     at(12.95)
     E(ev.MIGRATION_FAILED, incident=inc, intent=i2, vm="web-2", src="hv3", dst="hv2", attempt=1,
       code=38, transient=True, error="unable to connect to server at 'labhost2:49153': Connection refused")
-    at(12.951)  # as drctl.audit.retry_scheduled writes it, with the runner's bound ids
+    at(12.951)  # as drctl.audit.writer.retry_scheduled writes it, with the runner's bound ids
     E(ev.RETRY_SCHEDULED, incident=inc, intent=i2, vm="web-2", fn="migrate", attempt=1, sleep_s=1.37,
       error="DestinationUnreachable: unable to connect to server at 'labhost2:49153'")
     move(12.952, inc, i2, "web-2", "hv3", "hv2", "migrating", "checking", 2, "transient failure: retry 1 of 3")

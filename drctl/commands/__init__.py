@@ -1,1 +1,0 @@
-"""Click command groups, one module per area; `drctl/cli.py` wires them together."""

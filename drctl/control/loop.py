@@ -1,0 +1,400 @@
+"""The controller's imperative shell: election, one view per tick, decisions carried out.
+
+    campaign -> lead (term) -> adopt open intents -> loop:
+        read etcd at one revision -> View -> tick() -> apply decisions (guarded) -> sentence
+
+Every write a decision makes is a transaction guarded by the leader's election key
+(`Leadership.guard()`), so a deposed leader (its lease expired while it was paused)
+changes nothing. Ticks are driven by a watch on the whole prefix (a change wakes the
+loop at once) and by a periodic resync, so a missed notification costs at most one
+interval.
+"""
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+
+from drctl.audit import writer as audit
+
+from drctl.audit import events
+from drctl.clock import Clock, SystemClock
+from drctl.control.view import (
+    ClusterRecords,
+    build_snapshot,
+    read_cluster,
+    verdicts_of,
+)
+from drctl.control.tick import (
+    CloseIncident,
+    Decision,
+    Freeze,
+    Incident,
+    IncidentKind,
+    IncidentPhase,
+    IntentView,
+    OpenIncident,
+    RequestFence,
+    Resume,
+    Settings,
+    UpdateIncident,
+    View,
+    WriteIntents,
+    tick,
+)
+from drctl.control.election import Election, Leadership
+from drctl.model.errors import DrctlError, StoreError
+from drctl.fencing.agents import FenceAgent
+from drctl.health.grading import HostVerdict
+from drctl.control.intents import IntentParams, create_intents, new_intent
+from drctl.model.cluster import HostState, IntentState, Snapshot
+from drctl.policy import Policy
+from drctl.store import Put, Store
+from drctl.store.keys import Keys
+
+HypervisorFor = Callable[[str], object]  # host -> Hypervisor (connect by the inventory's URI)
+
+
+def incident_to_json(inc: Incident) -> bytes:
+    d = {k: (v.value if hasattr(v, "value") else v) for k, v in inc.__dict__.items()}
+    d["evidence"], d["intents"] = list(inc.evidence), list(inc.intents)
+    return json.dumps(d, sort_keys=True).encode()
+
+
+def incident_from_json(raw: bytes) -> Incident:
+    d = json.loads(raw)
+    return Incident(**{**d, "kind": IncidentKind(d["kind"]), "phase": IncidentPhase(d["phase"]),
+                       "evidence": tuple(d.get("evidence", ())), "intents": tuple(d.get("intents", ()))})
+
+
+@dataclass
+class LoopState:
+    """What the loop remembers between ticks (never needed for correctness after a
+    failover: a new leader starts with empty memory and re-derives it)."""
+
+    state_since: dict[str, tuple[HostState, float]]
+    frozen: str = ""
+    last_sentence: str = ""
+    fencing: set[str] | None = None
+    duplicates: set[tuple[str, tuple[str, ...]]] = field(default_factory=set)  # reported once each
+
+
+class ControllerLoop:
+    def __init__(self, store: Store, keys: Keys, policy: Policy, name: str,
+                 fence_agents: Mapping[str, FenceAgent] | None = None, clock: Clock | None = None,
+                 lease_ttl: int = 2, tick_interval_s: float = 0.5, settings: Settings = Settings(),
+                 quorum: int | None = None, echo: Callable[[str], None] | None = None,
+                 on_leading: Callable[[Leadership], None] | None = None) -> None:
+        self.store = store
+        self.keys = keys
+        self.policy = policy
+        self.name = name
+        self.fence_agents = dict(fence_agents or {})
+        self.clock = clock or SystemClock()
+        self.tick_interval_s = tick_interval_s
+        self.settings = settings
+        self.quorum = quorum or policy.evidence.witness_quorum  # None: a majority of the peers
+        self.echo = echo or (lambda _s: None)
+        self.on_leading = on_leading
+        self.election = Election(store, keys, name, ttl=lease_ttl, clock=self.clock, on_deposed=self._deposed)
+        self.wake = threading.Event()
+        self.state = LoopState(state_since={}, fencing=set())
+        self.leadership: Leadership | None = None
+        self._lost = threading.Event()
+
+    # ------------------------------------------------------------------ lifecycle
+    def run(self, stop: threading.Event) -> None:
+        self.election.campaign()
+        while not stop.is_set():
+            lead = self.election.wait_for_leadership(stop)
+            if lead is None:
+                break
+            self._lead(lead, stop)
+        self.election.resign()
+
+    def _deposed(self, reason: str) -> None:
+        self._lost.set()
+        self.wake.set()
+
+    def _lead(self, lead: Leadership, stop: threading.Event) -> None:
+        self.leadership = lead
+        self._lost.clear()
+        self.state = LoopState(state_since={}, fencing=set())
+        audit.bind(term=lead.term)
+        audit.emit(events.CONTROLLER_ELECTED, term=lead.term, reason=f"{self.name} holds the lowest election key")
+        self.echo(f"{self.name}: elected leader (term {lead.term})")
+        if self.on_leading:
+            self.on_leading(lead)
+        watch = self.store.watch_prefix(self.keys.prefix, lambda _ev: self.wake.set())
+        try:
+            while not stop.is_set() and not self._lost.is_set():
+                if self.election.current() is None:
+                    break
+                self.tick_once(lead)
+                self.wake.wait(self.tick_interval_s)
+                self.wake.clear()
+        finally:
+            watch.cancel()
+            audit.emit(events.CONTROLLER_DEPOSED, term=lead.term,
+                       reason="stopped" if stop.is_set() else "lost the election key")
+            audit.unbind("term")
+            self.leadership = None
+
+    # ------------------------------------------------------------------ one tick
+    def build_view(self, now: float) -> tuple[View, ClusterRecords, Snapshot]:
+        etcd_ok = True
+        try:
+            records = read_cluster(self.store, self.keys)
+        except StoreError:
+            etcd_ok = False
+            records = ClusterRecords(0, (), {}, {}, {}, {}, ())
+        verdicts = verdicts_of(records, self.keys, self.quorum, now)
+        snap = build_snapshot(records, verdicts, now)
+        held: dict[str, float] = {}
+        for h, host in snap.hosts.items():
+            prev = self.state.state_since.get(h)
+            if prev is None or prev[0] is not host.state:
+                if prev is not None:
+                    audit.emit(events.HOST_STATE_CHANGED, host=h, **{"from": prev[0].value, "to": host.state.value},
+                               reason=verdicts[h].reason if h in verdicts else "")
+                self.state.state_since[h] = (host.state, now)
+            held[h] = now - self.state.state_since[h][1]
+        incidents, recently_closed = self._incidents(now)
+        intents = tuple(IntentView(i.id, i.incident, i.vm, i.src, i.dst, i.state, i.kind)
+                        for i in records.intents if i.incident in incidents or not i.state.terminal)
+        view = View(snapshot=snap, verdicts=verdicts, held_s=held,
+                    incidents=incidents, intents=intents, etcd_healthy=etcd_ok, age_s=0.0,
+                    frozen=self.state.frozen, recently_closed=recently_closed)
+        return view, records, snap
+
+    def _incidents(self, now: float) -> tuple[dict[str, Incident], dict[str, str]]:
+        """Open incidents by id, and host -> outcome of incidents closed very recently."""
+        kvs, _ = self.store.get_prefix(self.keys.incidents_prefix())
+        open_: dict[str, Incident] = {}
+        closed: dict[str, str] = {}
+        for kv in kvs:
+            try:
+                inc = incident_from_json(kv.value)
+            except (ValueError, KeyError, TypeError):
+                continue
+            if inc.phase is not IncidentPhase.CLOSED:
+                open_[inc.id] = inc
+            elif inc.host and inc.closed_at and now - inc.closed_at < self.settings.reopen_after_s:
+                closed[inc.host] = inc.outcome
+        return open_, closed
+
+    def tick_once(self, lead: Leadership) -> str:
+        now = self.clock.now()
+        view, records, snap = self.build_view(now)
+        result = tick(view, self.policy, now, self.settings)
+        for d in result.decisions:
+            try:
+                self._apply(d, lead, view, snap, now)
+            except DrctlError as e:
+                audit.warn("controller.decision_failed", decision=type(d).__name__, error=str(e))
+        self.state.frozen = result.frozen
+        self._remove_stale_copies(records, lead, view)
+        if result.sentence != self.state.last_sentence:
+            audit.emit(events.TICK_COMPLETED, sentence=result.sentence, decisions=len(result.decisions))
+            self.echo(f"{self.name}: {result.sentence}")
+            self.state.last_sentence = result.sentence
+        return result.sentence
+
+    # ------------------------------------------------------------------ decisions
+    def _write(self, lead: Leadership, key: str, value: bytes) -> bool:
+        return self.store.txn(lead.guard(), [Put(key, value)])
+
+    def _apply(self, d: Decision, lead: Leadership, view: View, snap: Snapshot, now: float) -> None:
+        if isinstance(d, Freeze):
+            troubled = sorted(n for n, h in snap.hosts.items() if not h.state.alive or h.state is HostState.FAILING)
+            audit.warn(events.CONTROLLER_FROZE, term=lead.term, reason=d.reason, hosts=troubled)
+            self.echo(f"{self.name}: FROZEN - {d.reason}")
+        elif isinstance(d, Resume):
+            audit.emit(events.CONTROLLER_RESUMED, term=lead.term, reason=d.reason)
+        elif isinstance(d, OpenIncident):
+            inc = d.incident
+            if self._write(lead, self.keys.incident(inc.id), incident_to_json(inc)):
+                audit.emit(events.INCIDENT_OPENED, incident=inc.id, host=inc.host, trigger=inc.reason,
+                           policy=inc.policy, kind=inc.kind.value, term=lead.term)
+                for piece in view.verdicts.get(inc.host, HostVerdict(inc.host, HostState.HEALTHY, "")).evidence:
+                    if inc.kind is IncidentKind.RECOVER:
+                        audit.emit(events.EVIDENCE_RECORDED, incident=inc.id, host=inc.host, kind="verdict",
+                                   detail=piece)
+        elif isinstance(d, UpdateIncident):
+            self._write(lead, self.keys.incident(d.incident.id), incident_to_json(d.incident))
+        elif isinstance(d, RequestFence):
+            self._fence(d, lead, view)
+        elif isinstance(d, WriteIntents):
+            self._write_intents(d, lead, view, snap, now)
+        elif isinstance(d, CloseIncident):
+            inc = view.incidents.get(d.incident)
+            if inc is not None:
+                closed = replace(inc, phase=IncidentPhase.CLOSED, closed_at=now, outcome=d.outcome)
+                if self._write(lead, self.keys.incident(inc.id), incident_to_json(closed)):
+                    mine = [i for i in view.intents if i.incident == inc.id]
+                    moved = sum(1 for i in mine if i.state is IntentState.DONE)
+                    outcome = ("resolved" if moved == len(mine) else "failed" if moved == 0 else "partial")
+                    audit.emit(events.INCIDENT_CLOSED, incident=inc.id, host=inc.host, outcome=outcome,
+                               reason=d.outcome, vms_moved=moved, vms_failed=len(mine) - moved, term=lead.term)
+
+    def _fence(self, d: RequestFence, lead: Leadership, view: View) -> None:
+        """Fence in the background: an agent may take tens of seconds, ticks go on."""
+        if d.host in (self.state.fencing or set()):
+            return
+        agent = self.fence_agents.get(d.agent)
+        inc = self._incident(d.incident)  # just written by this tick's UpdateIncident
+        audit.emit(events.FENCE_REQUESTED, incident=d.incident, host=d.host, agent=d.agent, term=lead.term)
+        if agent is None:
+            self._needs_human(lead, d, inc, f"no fence agent named {d.agent!r} is configured")
+            return
+        if inc is None:
+            return  # not written (we were deposed): the next leader decides again
+        assert self.state.fencing is not None
+        self.state.fencing.add(d.host)
+
+        def run() -> None:
+            try:
+                result = agent.off(d.host)
+                current = self._incident(d.incident) or inc
+                assert current is not None
+                if result.confirmed_off:
+                    audit.emit(events.FENCE_SUCCEEDED, incident=d.incident, host=d.host, agent=d.agent,
+                               detail=result.detail)
+                    audit.emit(events.EVIDENCE_RECORDED, incident=d.incident, host=d.host, kind="fence",
+                               detail=result.detail)
+                    nxt = replace(current, fenced=True, phase=IncidentPhase.AWAITING_EVIDENCE,
+                                  evidence=tuple(sorted({*current.evidence, "fence"})))
+                    self._write(lead, self.keys.incident(d.incident), incident_to_json(nxt))
+                else:
+                    self._needs_human(lead, d, current, result.detail)
+            except Exception as e:  # noqa: BLE001 - a crashing agent is a failed fence, never a pass
+                self._needs_human(lead, d, inc, f"{type(e).__name__}: {e}")
+            finally:
+                (self.state.fencing or set()).discard(d.host)
+                self.wake.set()
+
+        threading.Thread(target=run, name=f"fence:{d.host}", daemon=True).start()
+
+    def _incident(self, incident_id: str) -> Incident | None:
+        kv = self.store.get(self.keys.incident(incident_id))
+        return incident_from_json(kv.value) if kv else None
+
+    def _needs_human(self, lead: Leadership, d: RequestFence, inc: Incident | None, why: str) -> None:
+        audit.warn(events.FENCE_FAILED, incident=d.incident, host=d.host, agent=d.agent, error=why)
+        self.echo(f"{self.name}: fencing {d.host} failed ({why}); restarting nothing - a human must decide")
+        if inc is not None:
+            nxt = replace(inc, phase=IncidentPhase.NEEDS_HUMAN, reason=f"fencing failed: {why}")
+            self._write(lead, self.keys.incident(inc.id), incident_to_json(nxt))
+
+    def _write_intents(self, d: WriteIntents, lead: Leadership, view: View, snap: Snapshot, now: float) -> None:
+        from drctl.planning import placement
+
+        rules = self.policy.rules
+        snap = self.policy.apply_groups(snap)
+        # what this round decides on, groups applied: `drctl replay` re-plans from it
+        audit.emit(events.SNAPSHOT_RECORDED, incident=d.incident, snapshot=_dump(snap), rules=_plain(rules),
+                   limits=_plain(self.policy.limits), term=lead.term)
+        ledger = placement.Ledger(snap)
+        built = []
+        for m in d.moves:
+            vm = snap.vms.get(m.vm)
+            cands = placement.evaluate(vm, snap, rules, ledger, frozenset({m.src})) if vm else []
+            eligible = [c.host for c in sorted(cands, key=lambda c: (-c.score, c.host)) if c.eligible]
+            audit.emit(events.PLACEMENT_DECIDED, incident=d.incident, vm=m.vm, src=m.src, dst=m.dst,
+                       score=next((c.score for c in cands if c.host == m.dst), None), policy=self.policy.name,
+                       candidates=[{"host": c.host, "eligible": c.eligible, "score": round(c.score, 3),
+                                    "reasons": list(c.reasons)} for c in cands], reason=m.reason or None)
+            if vm is not None:
+                ledger.reserve(vm, m.dst)
+            params = IntentParams.from_limits(self.policy.limits, copy_storage=bool(vm and vm.local_disk_gib))
+            built.append(new_intent(m, d.incident, lead.term, now, params, candidates=eligible,
+                                    memory_mib=vm.memory_mib if vm else 0, intent_id=f"{d.incident}-{m.vm}"))
+        for vm_name, why in d.unplaced:
+            audit.warn(events.PLACEMENT_FAILED, incident=d.incident, vm=vm_name,
+                       src=snap.vms[vm_name].host if vm_name in snap.vms else "", candidates=[], reason=why)
+        if d.dry_run or not built:
+            return
+        if create_intents(self.store, self.keys, built, guards=lead.guard()):
+            # re-read: an UpdateIncident earlier in this tick changed it since the view
+            inc = self._incident(d.incident)
+            if inc is not None:
+                nxt = replace(inc, intents=tuple(sorted({*inc.intents, *(i.id for i in built)})))
+                self._write(lead, self.keys.incident(inc.id), incident_to_json(nxt))
+
+    def _remove_stale_copies(self, records: ClusterRecords, lead: Leadership, view: View) -> None:
+        """A host that comes back after being fenced still has its old VMs defined: they
+        must never run there again. A shut-off copy on a host other than the one the VM's
+        placement record names, with no move of that VM in flight, is undefined. A VM
+        running on two hosts is never "fixed" by guessing: it is reported loudly."""
+        placed = {vm: str(p.get("host")) for vm, p in records.placements.items() if p.get("host")}
+        if not placed:
+            return
+        moving = {i.vm for i in records.intents if not i.state.terminal}
+        last_move = {i.vm: i.updated for i in sorted(records.intents, key=lambda i: i.updated)}
+        # only inventories of hosts that are alive now, and published after the VM's last
+        # move, say where it runs: a dead host's last inventory, or one written just before
+        # a migration finished, still lists VMs that have left
+        alive = {h for h, v in view.verdicts.items() if v.state.alive}
+        fresh = {h: inv for h, inv in records.inventories.items() if h in alive}
+        running: dict[str, list[str]] = {}
+        for host, inv in sorted(fresh.items()):
+            for entry in inv.get("vms") or ():
+                vm = str(entry.get("name"))
+                if entry.get("state") == "running" and float(inv.get("ts") or 0) > last_move.get(vm, 0.0):
+                    running.setdefault(vm, []).append(host)
+        for vm, hosts in running.items():
+            if len(hosts) > 1 and (vm, tuple(hosts)) not in self.state.duplicates:
+                self.state.duplicates.add((vm, tuple(hosts)))
+                audit.warn("vm.duplicate_detected", vm=vm, hosts=hosts, placement=placed.get(vm))
+        for host, inv in sorted(fresh.items()):
+            for entry in inv.get("vms") or ():
+                vm = str(entry.get("name"))
+                if (vm in placed and placed[vm] != host and vm not in moving
+                        and entry.get("state") == "shutoff"):
+                    self._undefine_stale(host, inv, vm, running.get(vm, []))
+
+    def _undefine_stale(self, host: str, inv: Mapping[str, object], vm: str, running: list[str]) -> None:
+        from drctl.hypervisor.libvirt_adapter import connect
+
+        uri = str(inv.get("uri") or "")
+        if not uri or host in running:
+            return
+        try:
+            hv = connect(uri, timeout_s=3)
+        except DrctlError:
+            return  # still down: try again next tick
+        try:
+            hv.undefine(vm)
+            audit.emit("vm.stale_copy_removed", vm=vm, host=host,
+                       reason="host came back after its VMs were restarted elsewhere")
+        except DrctlError:
+            pass
+        finally:
+            hv.close()
+
+
+def _dump(snap: Snapshot) -> object:
+    try:
+        from drctl.model.snapshot import dump_snapshot
+
+        return dump_snapshot(snap)
+    except Exception:  # noqa: BLE001 - the trail must not lose the incident over a dump problem
+        return {"hosts": sorted(snap.hosts), "vms": sorted(snap.vms)}
+
+
+def _plain(obj: object) -> object:
+    """A rules/limits dataclass as JSON-ready data (enums by value, tuples as lists)."""
+    import dataclasses
+    from enum import Enum
+
+    def conv(v: object) -> object:
+        if isinstance(v, Enum):
+            return v.value
+        if isinstance(v, Mapping):
+            return {str(k): conv(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple, set, frozenset)):
+            return [conv(x) for x in v]
+        return v
+
+    return conv(dataclasses.asdict(obj))  # type: ignore[call-overload]

@@ -1,0 +1,355 @@
+"""The controller's pure core: `tick(view, policy, now) -> TickResult`.
+
+One consistent view of the cluster goes in; decisions and one sentence saying what the
+tick did come out. No I/O happens here: `drctl/controller_loop.py` builds the view from
+etcd (and libvirt), carries the decisions out through leader-guarded transactions, and
+reports the sentence. That split is what lets the same logic run on the real cluster and
+in the simulator, and be tested without mocks.
+
+Episodes: a host whose state a policy rule acts on opens one *incident*, which gathers
+every decision and intent until it closes. While an incident is open for a host, no new
+one is opened for it, so a flapping host cannot open an incident every few seconds.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from typing import Mapping
+
+from drctl.health.grading import HostVerdict
+from drctl.model.cluster import HostState, IntentKind, IntentState, Move, Snapshot
+from drctl.policy import Policy
+from drctl.policy.types import Action, EvidenceKind, TriggerKind
+
+
+class IncidentKind(str, Enum):
+    EVACUATE = "evacuate"  # degraded/failing/unreachable host: live migration
+    RECOVER = "recover"  # dead host: evidence, fence, restart elsewhere
+    DRAIN = "drain"  # maintenance requested
+    REBALANCE = "rebalance"  # imbalance trigger
+
+
+class IncidentPhase(str, Enum):
+    AWAITING_EVIDENCE = "awaiting-evidence"
+    FENCING = "fencing"
+    ACTING = "acting"  # intents written, runner at work
+    NEEDS_HUMAN = "needs-human"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True)
+class Incident:
+    id: str
+    kind: IncidentKind
+    host: str  # "" for a rebalance
+    rule: str
+    policy: str
+    opened_at: float
+    phase: IncidentPhase
+    reason: str = ""
+    evidence: tuple[str, ...] = ()  # pieces recorded so far, e.g. "lease-expired", "fence: ..."
+    fenced: bool = False
+    intents: tuple[str, ...] = ()
+    closed_at: float | None = None
+    outcome: str = ""
+
+
+@dataclass(frozen=True)
+class IntentView:
+    """What the controller needs to know of one intent."""
+
+    id: str
+    incident: str
+    vm: str
+    src: str
+    dst: str
+    state: IntentState
+    kind: IntentKind = IntentKind.MIGRATE
+
+
+@dataclass(frozen=True)
+class View:
+    snapshot: Snapshot  # host.state from verdicts, host.maintenance from drain requests
+    verdicts: Mapping[str, HostVerdict]  # drctl.health.grading.host_state: state + evidence
+    held_s: Mapping[str, float]  # how long each host has been in its current state
+    incidents: Mapping[str, Incident]  # open incidents by id
+    intents: tuple[IntentView, ...]  # open (non-terminal) and this incident's finished ones
+    etcd_healthy: bool = True
+    age_s: float = 0.0  # how old the view is: the controller must not act on a stale one
+    frozen: str = ""  # the freeze in force, if any
+    # hosts whose last incident closed within Settings.reopen_after_s, with its outcome:
+    # an episode that ended partially (a VM could not be placed) must not reopen every tick
+    recently_closed: Mapping[str, str] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------ decisions
+
+
+@dataclass(frozen=True)
+class Freeze:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Resume:
+    reason: str
+
+
+@dataclass(frozen=True)
+class OpenIncident:
+    incident: Incident
+
+
+@dataclass(frozen=True)
+class UpdateIncident:
+    incident: Incident  # the new version
+    note: str
+
+
+@dataclass(frozen=True)
+class RequestFence:
+    incident: str
+    host: str
+    agent: str
+
+
+@dataclass(frozen=True)
+class WriteIntents:
+    incident: str
+    moves: tuple[Move, ...]
+    unplaced: tuple[tuple[str, str], ...] = ()  # (vm, why), for the audit trail
+    dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class CloseIncident:
+    incident: str
+    outcome: str
+
+
+Decision = Freeze | Resume | OpenIncident | UpdateIncident | RequestFence | WriteIntents | CloseIncident
+
+
+@dataclass(frozen=True)
+class TickResult:
+    decisions: tuple[Decision, ...]
+    sentence: str
+    frozen: str = ""
+
+
+@dataclass(frozen=True)
+class Settings:
+    stale_after_s: float = 10.0  # a view older than this freezes the controller
+    reopen_after_s: float = 60.0  # a host's next incident waits this long after its last closed
+    quorum: int | None = None  # witnesses; None = the policy's (or a majority)
+
+
+# ------------------------------------------------------------------ the tick
+
+
+def tick(view: View, policy: Policy, now: float, settings: Settings = Settings()) -> TickResult:
+    """Decide what to do about the cluster described by `view`. Pure."""
+    freeze = _freeze_reason(view, policy, settings)
+    if freeze:
+        decisions: tuple[Decision, ...] = () if view.frozen == freeze else (Freeze(freeze),)
+        return TickResult(decisions, f"frozen: {freeze}; decided nothing", frozen=freeze)
+    out: list[Decision] = []
+    if view.frozen:
+        out.append(Resume(f"cleared: {view.frozen}"))
+    busy_vms = {i.vm for i in view.intents if not i.state.terminal}
+    open_by_host = {inc.host: inc for inc in view.incidents.values() if inc.host}
+    for name in sorted(view.snapshot.hosts):
+        inc = open_by_host.get(name)
+        if inc is not None:
+            out.extend(_progress(inc, view, policy, now, busy_vms))
+        else:
+            out.extend(_maybe_open(name, view, policy, now, busy_vms))
+    if not view.incidents and not any(isinstance(d, OpenIncident) for d in out):
+        out.extend(_maybe_rebalance(view, policy, now, busy_vms))
+    for inc in view.incidents.values():
+        if inc.kind is IncidentKind.REBALANCE:
+            out.extend(_close_if_done(inc, view))
+    return TickResult(tuple(out), _sentence(out, view))
+
+
+def _freeze_reason(view: View, policy: Policy, settings: Settings) -> str:
+    if not view.etcd_healthy:
+        return "etcd is unhealthy"
+    if view.age_s > settings.stale_after_s:
+        return f"view is stale ({view.age_s:.1f}s old)"
+    # Hosts that failed "at once": more than the blast radius allows is more likely the
+    # network than the hosts (DESIGN §2 flow 5). Drains are operator requests: not counted.
+    troubled = [n for n, h in view.snapshot.hosts.items()
+                if h.state in (HostState.DEAD, HostState.UNREACHABLE, HostState.FAILING)]
+    br = policy.blast_radius
+    if br.max_hosts is not None and len(troubled) > br.max_hosts:
+        return (f"{len(troubled)} hosts in trouble at once ({', '.join(sorted(troubled))}) exceeds the blast "
+                f"radius of {br.max_hosts} host(s): suspect the network; a human must decide")
+    vms_total = len(view.snapshot.vms)
+    vms_acted = sum(1 for v in view.snapshot.vms.values() if v.host in troubled)
+    if br.exceeded(len(troubled), vms_acted, vms_total):
+        return (f"{vms_acted} of {vms_total} VMs on troubled hosts exceeds the blast radius "
+                f"of {br.max_vm_pct:g}%; a human must decide")
+    return ""
+
+
+def _incident_kind(state: HostState, trigger: TriggerKind) -> IncidentKind:
+    if trigger is TriggerKind.MAINTENANCE:
+        return IncidentKind.DRAIN
+    return IncidentKind.RECOVER if state is HostState.DEAD else IncidentKind.EVACUATE
+
+
+def _maybe_open(name: str, view: View, policy: Policy, now: float, busy: set[str]) -> list[Decision]:
+    host = view.snapshot.hosts[name]
+    rule = policy.rule_for(host, host.state, view.held_s.get(name, 0.0), now)
+    if rule is None or rule.trigger.kind is TriggerKind.IMBALANCE:
+        return []
+    if not view.snapshot.vms_on(name) or name in view.recently_closed:
+        return []  # nothing to save, or the last episode just ended
+    kind = _incident_kind(host.state, rule.trigger.kind)
+    verdict = view.verdicts.get(name, HostVerdict(name, host.state, ""))
+    reason = f"{name} {host.state.value}" + (f" ({verdict.reason})" if verdict.reason else "")
+    if kind is IncidentKind.DRAIN:
+        reason = f"{name}: maintenance requested"
+    inc = Incident(id=f"inc-{name}-{int(now * 1000)}", kind=kind, host=name, rule=rule.name,
+                   policy=policy.name, opened_at=now, phase=IncidentPhase.ACTING, reason=reason)
+    if kind is IncidentKind.RECOVER:
+        inc = replace(inc, phase=IncidentPhase.AWAITING_EVIDENCE)
+        return [OpenIncident(inc), *_progress(inc, view, policy, now, busy)]
+    return [OpenIncident(inc), *_plan(inc, view, policy, busy)]
+
+
+def _progress(inc: Incident, view: View, policy: Policy, now: float, busy: set[str]) -> list[Decision]:
+    """Move an open incident on: evidence, fencing, planning, closing."""
+    if inc.kind is IncidentKind.RECOVER and inc.phase is IncidentPhase.AWAITING_EVIDENCE:
+        return _recover(inc, view, policy, busy)
+    if inc.phase is IncidentPhase.ACTING:
+        return _close_if_done(inc, view)
+    return []
+
+
+def _recover(inc: Incident, view: View, policy: Policy, busy: set[str]) -> list[Decision]:
+    host = view.snapshot.hosts[inc.host]
+    verdict = view.verdicts.get(inc.host, HostVerdict(inc.host, host.state, ""))
+    if host.state is not HostState.DEAD:
+        # It came back (or was only cut off) before we acted: nothing to restart.
+        return [CloseIncident(inc.id, f"{inc.host} is {host.state.value} again; restarted nothing")]
+    need = policy.evidence.required
+    have: list[str] = []
+    missing: list[str] = []
+    for kind, ok in ((EvidenceKind.LEASE_EXPIRED, not verdict.lease_present),
+                     (EvidenceKind.WITNESSES, verdict.witnesses_confirm_down)):
+        if kind in need:
+            (have if ok else missing).append(kind.value)
+    if missing:
+        return []  # wait: the verdict says dead but not on the evidence the policy wants
+    if EvidenceKind.FENCE in need and not inc.fenced:
+        agent = policy.evidence.fence_agent or ""
+        nxt = replace(inc, phase=IncidentPhase.FENCING, evidence=tuple(sorted(set(inc.evidence) | set(have))))
+        return [UpdateIncident(nxt, f"evidence {', '.join(have)} recorded; fencing {inc.host} with {agent}"),
+                RequestFence(inc.id, inc.host, agent)]
+    nxt = replace(inc, phase=IncidentPhase.ACTING, evidence=tuple(sorted(set(inc.evidence) | set(have))))
+    return [UpdateIncident(nxt, "evidence complete: " + ", ".join(nxt.evidence)), *_plan(nxt, view, policy, busy)]
+
+
+def _plan(inc: Incident, view: View, policy: Policy, busy: set[str]) -> list[Decision]:
+    from drctl.planning.planner import plan_evacuation
+
+    snap = policy.apply_groups(view.snapshot)
+    rule = next((r for r in policy.actions if r.name == inc.rule), None)
+    keep: dict[str, str] = {}
+    for vm in snap.vms_on(inc.host):
+        spec = rule.action_for(vm) if rule else None
+        if vm.name in busy:
+            keep[vm.name] = "already being moved"
+        elif spec is not None and spec.action is Action.LEAVE_ALONE:
+            keep[vm.name] = f"rule {rule.name if rule else '?'} leaves it alone"
+        elif spec is not None and spec.action is Action.RESTART and host_alive(view, inc.host):
+            keep[vm.name] = "restart is only for dead hosts"
+    planned = replace(snap, vms={n: v for n, v in snap.vms.items() if n not in keep})
+    plan = plan_evacuation(planned, [inc.host], policy.rules, policy.limits)
+    unplaced = tuple((u.vm, "; ".join(f"{h}: {', '.join(r)}" for h, r in sorted(u.reasons.items()))
+                     or "no host") for u in plan.unplaced)
+    return [WriteIntents(inc.id, plan.moves, unplaced + tuple(keep.items()), dry_run=policy.dry_run)]
+
+
+def host_alive(view: View, host: str) -> bool:
+    return view.snapshot.hosts[host].state.alive
+
+
+def _close_if_done(inc: Incident, view: View) -> list[Decision]:
+    mine = [i for i in view.intents if i.incident == inc.id]
+    if any(not i.state.terminal for i in mine):
+        return []
+    if inc.kind is IncidentKind.DRAIN and view.snapshot.vms_on(inc.host):
+        return []  # a drain ends when the host is empty (the next tick may plan the rest)
+    done = sum(1 for i in mine if i.state is IntentState.DONE)
+    failed = [i.vm for i in mine if i.state is not IntentState.DONE]
+    outcome = f"{done} of {len(mine)} VM(s) moved" + (f"; not moved: {', '.join(sorted(failed))}" if failed else "")
+    return [CloseIncident(inc.id, outcome)]
+
+
+def memory_spread_pct(snap: Snapshot) -> float:
+    """max - min of memory use (% of each healthy host's memory)."""
+    used = [100.0 * (h.memory_used_mib + h.reserved_mib) / h.memory_mib
+            for h in snap.hosts.values() if h.state is HostState.HEALTHY and not h.maintenance and h.memory_mib]
+    return max(used) - min(used) if len(used) > 1 else 0.0
+
+
+def _maybe_rebalance(view: View, policy: Policy, now: float, busy: set[str]) -> list[Decision]:
+    if busy:
+        return []
+    spread = memory_spread_pct(view.snapshot)
+    rule = policy.rebalance_rule(spread, now)
+    if rule is None:
+        return []
+    from drctl.planning.planner import plan_rebalance
+
+    plan = plan_rebalance(policy.apply_groups(view.snapshot), policy.rules, policy.limits,
+                          target_spread_pct=policy.rebalance.target_spread_pct,
+                          max_moves=policy.rebalance.max_moves)
+    if not plan.moves:
+        return []
+    inc = Incident(id=f"inc-rebalance-{int(now * 1000)}", kind=IncidentKind.REBALANCE, host="", rule=rule.name,
+                   policy=policy.name, opened_at=now, phase=IncidentPhase.ACTING,
+                   reason=f"memory use spread {spread:.0f}% above {rule.trigger.threshold_pct:g}%")
+    return [OpenIncident(inc), WriteIntents(inc.id, plan.moves, dry_run=policy.dry_run)]
+
+
+def _sentence(out: list[Decision], view: View) -> str:
+    parts: list[str] = []
+    for d in out:
+        if isinstance(d, Resume):
+            parts.append(f"resumed ({d.reason})")
+        elif isinstance(d, OpenIncident):
+            parts.append(f"opened {d.incident.id} ({d.incident.kind.value}: {d.incident.reason})")
+        elif isinstance(d, UpdateIncident):
+            parts.append(f"{d.incident.id}: {d.note}")
+        elif isinstance(d, RequestFence):
+            parts.append(f"requested fencing of {d.host}")
+        elif isinstance(d, WriteIntents):
+            verb = "would write" if d.dry_run else "wrote"
+            parts.append(f"{verb} {len(d.moves)} intent(s) for {d.incident}"
+                         + (f", {len(d.unplaced)} VM(s) not moved" if d.unplaced else ""))
+        elif isinstance(d, CloseIncident):
+            parts.append(f"closed {d.incident}: {d.outcome}")
+    if parts:
+        return "; ".join(parts)
+    running = sum(1 for i in view.intents if not i.state.terminal)
+    if running:
+        return f"waiting on {running} intent(s) in {len(view.incidents)} incident(s)"
+    stuck = sorted(i.id for i in view.incidents.values() if i.phase is IncidentPhase.NEEDS_HUMAN)
+    if stuck:
+        return f"{', '.join(stuck)} need(s) a human; nothing else to do"
+    waiting = sorted(f"{i.id} ({i.phase.value})" for i in view.incidents.values())
+    if waiting:
+        return f"waiting on {', '.join(waiting)}"
+    unwell = sorted(f"{n} {h.state.value}" for n, h in view.snapshot.hosts.items() if h.state is not HostState.HEALTHY)
+    if unwell:
+        return f"nothing to do ({', '.join(unwell)}, no VMs to move)"
+    return f"all {len(view.snapshot.hosts)} hosts steady; nothing to do"
+
+
+__all__ = ["tick", "View", "Incident", "IncidentKind", "IncidentPhase", "IntentView", "TickResult",
+           "Settings", "Decision", "Freeze", "Resume", "OpenIncident", "UpdateIncident", "RequestFence",
+           "WriteIntents", "CloseIncident", "memory_spread_pct"]

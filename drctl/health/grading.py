@@ -1,0 +1,296 @@
+"""Health grading and host state: the pure core of the health watchers (no I/O).
+
+Two questions live here:
+
+- *How is this host doing?* (the agent asks it of itself): every probe sample has a grade;
+  `step` filters one probe's samples with hysteresis, so a flapping probe does not flap
+  the grade, and `combine` takes the worst filtered grade of all probes. The reason
+  (probe, value, threshold) travels with the grade.
+- *What state is that host in?* (the controller asks it of every host): `host_state`
+  combines the host's own health record (present only while its lease lives), and the
+  witness reports of its peers into one HostState with the evidence for it.
+
+`read_host_states` is the one function here that touches a Store: it reads the hosts
+prefix once and hands the records to the pure functions.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from typing import Any, Iterable, Mapping
+
+from drctl.model.cluster import HostState
+from drctl.store import KV, Store
+from drctl.store.keys import Keys
+
+
+class Grade(str, Enum):
+    """A host's (or one probe's) own grade, worst last."""
+
+    HEALTHY = "healthy"
+    DEGRADED = "degraded"
+    FAILING = "failing"
+
+    @property
+    def severity(self) -> int:
+        return _SEVERITY[self]
+
+    @property
+    def state(self) -> HostState:
+        return HostState(self.value)
+
+
+_SEVERITY = {Grade.HEALTHY: 0, Grade.DEGRADED: 1, Grade.FAILING: 2}
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One probe result: what was measured, against which threshold, and its grade."""
+
+    probe: str
+    grade: Grade
+    value: float | None = None
+    threshold: float | None = None  # the threshold the grade was decided by (None: none crossed)
+    detail: str = ""
+    ts: float = 0.0
+
+    @property
+    def reason(self) -> str:
+        text = f"{self.probe} {_fmt(self.value)}"
+        if self.threshold is not None:
+            text += f" (threshold {_fmt(self.threshold)})"
+        return f"{text}: {self.detail}" if self.detail else text
+
+    def to_json(self) -> dict[str, Any]:
+        return {"grade": self.grade.value, "value": self.value, "threshold": self.threshold,
+                "detail": self.detail, "ts": self.ts}
+
+
+# ---------------------------------------------------------------- grading with hysteresis
+
+
+@dataclass(frozen=True)
+class ProbeGrade:
+    """One probe's filtered grade and the hysteresis state behind it.
+
+    `candidate`/`streak`: samples in a row that disagreed with `grade` on the same side
+    (all worse, or all better). After `samples_needed` of them the grade moves to the
+    candidate, the disagreeing grade closest to the current one, so three samples of
+    "degraded, failing, degraded" move a healthy probe to degraded, not to failing.
+    """
+
+    grade: Grade = Grade.HEALTHY
+    sample: Sample | None = None  # the latest sample that agrees with `grade` (the reason)
+    candidate: Grade | None = None
+    streak: int = 0
+
+
+def step(prev: ProbeGrade, sample: Sample, samples_needed: int) -> ProbeGrade:
+    """The probe's grade after one more sample."""
+    if sample.grade is prev.grade:
+        return ProbeGrade(prev.grade, sample)
+    worse = sample.grade.severity > prev.grade.severity
+    same_side = prev.candidate is not None and (prev.candidate.severity > prev.grade.severity) == worse
+    if same_side:
+        assert prev.candidate is not None
+        closer = min if worse else max
+        candidate = closer(prev.candidate, sample.grade, key=lambda g: g.severity)
+        streak = prev.streak + 1
+    else:
+        candidate, streak = sample.grade, 1
+    if streak >= max(1, samples_needed):
+        return ProbeGrade(candidate, sample)
+    return replace(prev, candidate=candidate, streak=streak)
+
+
+def combine(grades: Mapping[str, ProbeGrade]) -> tuple[Grade, str, Sample | None]:
+    """The host's grade: the worst filtered probe grade, with that probe's reason."""
+    worst: tuple[Grade, str, Sample | None] = (Grade.HEALTHY, "all probes healthy", None)
+    for name in sorted(grades):
+        pg = grades[name]
+        if pg.grade.severity > worst[0].severity:
+            reason = pg.sample.reason if pg.sample is not None else name
+            worst = (pg.grade, reason, pg.sample)
+    return worst
+
+
+# ---------------------------------------------------------------- records the agents write
+
+
+@dataclass(frozen=True)
+class HealthRecord:
+    """`hosts/<host>/health`, bound to the agent's lease: present = the lease lives."""
+
+    host: str
+    grade: Grade
+    reason: str
+    ts: float
+    seq: int
+    interval_s: float = 1.0  # how often the agent rewrites it: tells a stalled agent apart
+    lease: int = 0
+    samples: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        return json.dumps({"host": self.host, "grade": self.grade.value, "reason": self.reason, "ts": self.ts,
+                           "seq": self.seq, "interval_s": self.interval_s, "samples": dict(self.samples)},
+                          sort_keys=True).encode()
+
+    @staticmethod
+    def from_kv(kv: KV) -> "HealthRecord | None":
+        raw = _load(kv.value)
+        try:
+            return HealthRecord(str(raw["host"]), Grade(raw["grade"]), str(raw.get("reason", "")),
+                                float(raw["ts"]), int(raw.get("seq", 0)), float(raw.get("interval_s", 1.0)),
+                                kv.lease, raw.get("samples") or {})
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+@dataclass(frozen=True)
+class WitnessReport:
+    """`hosts/<host>/witness/<witness>`: what one peer saw of the host, bound to the
+    peer's lease (a report disappears with the witness)."""
+
+    host: str
+    witness: str
+    libvirt_reachable: bool
+    lease_seen: bool  # the witness saw the host's health key (its lease) present
+    ts: float
+    interval_s: float = 1.0
+    latency_s: float | None = None
+    detail: str = ""
+
+    def to_json(self) -> bytes:
+        return json.dumps({"host": self.host, "witness": self.witness, "libvirt_reachable": self.libvirt_reachable,
+                           "lease_seen": self.lease_seen, "ts": self.ts, "interval_s": self.interval_s,
+                           "latency_s": self.latency_s, "detail": self.detail}, sort_keys=True).encode()
+
+    @staticmethod
+    def from_kv(kv: KV) -> "WitnessReport | None":
+        raw = _load(kv.value)
+        try:
+            return WitnessReport(str(raw["host"]), str(raw["witness"]), bool(raw["libvirt_reachable"]),
+                                 bool(raw.get("lease_seen", False)), float(raw["ts"]),
+                                 float(raw.get("interval_s", 1.0)), raw.get("latency_s"), str(raw.get("detail", "")))
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+def _load(value: bytes) -> dict[str, Any]:
+    try:
+        raw = json.loads(value)
+    except ValueError:
+        return {}
+    return raw if isinstance(raw, dict) else {}
+
+
+# ---------------------------------------------------------------- host state
+
+
+@dataclass(frozen=True)
+class HostVerdict:
+    host: str
+    state: HostState
+    reason: str
+    evidence: tuple[str, ...] = ()
+    lease_present: bool = True  # the health record (bound to the agent's lease) exists
+    witnesses_confirm_down: bool = False  # a quorum of fresh witnesses cannot reach its libvirtd
+
+
+# A record is stale when its writer missed this many of its own intervals (and at least
+# STALE_MIN_S): a slow tick is not a stall, and clocks of different hosts differ a little.
+STALE_INTERVALS = 3.0
+STALE_MIN_S = 3.0
+
+
+# A host's own health record (its lease still alive) counts as stalled only after this
+# long: an etcd restart or a slow reconnect leaves every agent's last write seconds old
+# (seen: 0.6 s of false "unreachable" right after an etcd restart under full CPU load with
+# 3 s), and a stalled agent loop is not urgent - its lease proves the host is up.
+STALLED_MIN_S = 10.0
+
+
+def _stale(ts: float, interval_s: float, now: float, minimum: float = STALE_MIN_S) -> bool:
+    return now - ts > max(STALE_INTERVALS * interval_s, minimum)
+
+
+def default_quorum(witnesses: int) -> int:
+    """A majority of the witnesses a host has."""
+    return witnesses // 2 + 1
+
+
+def host_state(host: str, health: HealthRecord | None, witnesses: Mapping[str, WitnessReport],
+               quorum: int, now: float) -> HostVerdict:
+    """Combine a host's own report, its lease and its witnesses' reports into one state.
+
+    health: its health record, None when the key is gone (the key is bound to the agent's
+    lease, so absent = lease expired or never granted). witnesses: peer -> report about
+    this host (each present only while that peer's lease lives). quorum: how many fresh
+    witnesses must confirm they cannot reach its libvirtd before it counts as dead.
+    """
+    fresh = {w: r for w, r in sorted(witnesses.items()) if not _stale(r.ts, r.interval_s, now)}
+    evidence = [f"witness {w}: {'reaches' if r.libvirt_reachable else 'cannot reach'} libvirtd"
+                f"{', sees lease' if r.lease_seen else ', lease not seen'}"
+                f"{' (' + r.detail + ')' if r.detail and not r.libvirt_reachable else ''}, {now - r.ts:.1f}s ago"
+                for w, r in fresh.items()]
+    evidence += [f"witness {w}: report stale ({now - r.ts:.1f}s old)" for w, r in sorted(witnesses.items())
+                 if w not in fresh]
+    if health is not None:
+        lease = f"lease {health.lease:x} present" if health.lease else "health record present"
+        if _stale(health.ts, health.interval_s, now, STALLED_MIN_S):
+            # The lease keepalive runs in its own thread: a stuck agent loop keeps the
+            # lease but stops reporting. We know nothing current about the host.
+            return HostVerdict(host, HostState.UNREACHABLE,
+                               f"{lease} but its health report is {now - health.ts:.1f}s old (agent stalled?)",
+                               (lease, f"last report seq {health.seq}: {health.grade.value}", *evidence))
+        return HostVerdict(host, health.grade.state, health.reason,
+                           (f"{lease}, report seq {health.seq} {now - health.ts:.1f}s ago", *evidence))
+    reaching = [w for w, r in fresh.items() if r.libvirt_reachable]
+    confirming = [w for w, r in fresh.items() if not r.libvirt_reachable]
+    evidence.insert(0, "lease gone (no health record)")
+    if reaching:
+        return HostVerdict(host, HostState.UNREACHABLE,
+                           f"lease gone but {', '.join(reaching)} still reach its libvirtd", tuple(evidence),
+                           lease_present=False)
+    if len(confirming) >= max(1, quorum):
+        return HostVerdict(host, HostState.DEAD,
+                           f"lease gone and {len(confirming)} of quorum {quorum} witnesses cannot reach its libvirtd "
+                           f"({', '.join(confirming)})", tuple(evidence),
+                           lease_present=False, witnesses_confirm_down=True)
+    return HostVerdict(host, HostState.UNREACHABLE,
+                       f"lease gone; only {len(confirming)} witnesses confirm, quorum is {quorum}", tuple(evidence),
+                       lease_present=False)
+
+
+def host_states_from(kvs: Iterable[KV], keys: Keys, quorum: int, now: float) -> dict[str, HostVerdict]:
+    """Verdicts for every host that has any record under the hosts prefix (its inventory
+    outlives its lease, so a dead host is still listed)."""
+    hosts: set[str] = set()
+    health: dict[str, HealthRecord] = {}
+    witnesses: dict[str, dict[str, WitnessReport]] = {}
+    for kv in kvs:
+        parsed = keys.parse_host_key(kv.key)
+        if parsed is None:
+            continue
+        host, rest = parsed
+        hosts.add(host)
+        if rest == "health":
+            rec = HealthRecord.from_kv(kv)
+            if rec is not None:
+                health[host] = rec
+        elif rest.startswith("witness/"):
+            rep = WitnessReport.from_kv(kv)
+            if rep is not None:
+                witnesses.setdefault(host, {})[rest.removeprefix("witness/")] = rep
+    return {h: host_state(h, health.get(h), witnesses.get(h, {}), quorum, now) for h in sorted(hosts)}
+
+
+def read_host_states(store: Store, keys: Keys, quorum: int, now: float) -> dict[str, HostVerdict]:
+    """One read of the hosts prefix -> host -> verdict (see `host_state`)."""
+    kvs, _revision = store.get_prefix(keys.hosts_prefix())
+    return host_states_from(kvs, keys, quorum, now)
