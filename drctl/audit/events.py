@@ -2,7 +2,7 @@
 
 Every component emits through `drctl.audit.writer.emit(events.X, **fields)`; `drctl postmortem`,
 `drctl audit show` and `drctl replay` read these names back, so a renamed event or a
-missing id silently drops facts from a report. README.md ("The audit trail") explains each event at
+missing id silently drops facts from a report. docs/audit.md explains each event at
 length; this module is the machine-readable copy (tests check the two agree).
 
 Fields every line has (added by drctl.audit.writer): ts, component, level, event, prev.

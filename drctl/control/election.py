@@ -1,4 +1,4 @@
-"""Leader election on the Store, etcd's own recipe (DESIGN §3).
+"""Leader election on the Store, etcd's own recipe (docs/controller.md, "Election").
 
 Each candidate creates `<prefix>leader/<lease-hex>` under its own lease, only if absent.
 The candidate whose key has the lowest create revision leads; every other one watches its

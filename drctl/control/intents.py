@@ -1,4 +1,4 @@
-"""Intents in etcd: one VM move each, written before anything acts (DESIGN §2 flows 3-4).
+"""Intents in etcd: one VM move each, written before anything acts (docs/runner.md, "Intents").
 
 An intent is a JSON record under `keys.intent(id)`. Its state changes only through
 `transition`, which checks the state table (model.check_transition), writes with a

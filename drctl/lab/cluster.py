@@ -1,4 +1,4 @@
-"""A lab of real libvirt hosts and one etcd member on one machine (DESIGN §3).
+"""A lab of real libvirt hosts and one etcd member on one machine (docs/lab.md).
 
 Each lab host is one `libvirtd` in its own mount and hostname namespace, with private bind
 mounts over libvirt's directories and /etc/hosts, its own host UUID, loopback address

@@ -2,7 +2,7 @@
 
 `mark` notes the last tick before a move; `check` waits for a newer one. A tick count
 below the mark, or an uptime that went backwards, means the guest rebooted (a TCG guest
-panics after arrival about once in 25 throttled migrations, DESIGN §3): unhealthy.
+panics after arrival about once in 25 throttled migrations, docs/lab.md): unhealthy.
 """
 from __future__ import annotations
 

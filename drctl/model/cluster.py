@@ -13,7 +13,7 @@ from typing import Mapping
 
 
 class HostState(str, Enum):
-    """Graded host state, as the controller sees it (DESIGN §2 flows 1-2)."""
+    """Graded host state, as the controller sees it (docs/health.md, "Host state")."""
 
     HEALTHY = "healthy"
     DEGRADED = "degraded"

@@ -188,7 +188,7 @@ class Evidence:
     """What must be proven before a dead host's VMs are restarted elsewhere."""
 
     # Fencing is required only when a policy names a fence agent for it: without one the
-    # lease and the witnesses are the evidence (DESIGN §2 flow 5, "or the evidence quorum").
+    # lease and the witnesses are the evidence (docs/controller.md, "Dead hosts: evidence and fencing").
     required: frozenset[EvidenceKind] = frozenset({EvidenceKind.LEASE_EXPIRED, EvidenceKind.WITNESSES})
     witness_quorum: int | None = None  # None = a majority of the other hosts
     fence_agent: str | None = None  # name of an agent in the controller's configuration

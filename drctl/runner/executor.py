@@ -412,7 +412,7 @@ class Runner:
                    mode="post-copy" if out.postcopy else "pre-copy")
 
     def _completed_stats(self, it: Intent) -> JobStats:
-        # after post-copy the destination's statistics are empty (DESIGN §3)
+        # after post-copy the destination's statistics are empty (docs/runner.md)
         for host in (it.dst, it.src):
             try:
                 hv = self._hv(host)

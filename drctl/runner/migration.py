@@ -4,7 +4,7 @@ The watching thread polls the source's job statistics (progress events, an optio
 progress callback for a terminal), detects stalls and escalates per policy, and runs the
 watchdog for hung peers: with no progress for `no_progress_s` it aborts the job (under its
 own deadline); if the migration call still does not return, the outcome is UNKNOWN and the
-caller must look where the VM runs (DESIGN §3: a hung destination libvirtd makes libvirt
+caller must look where the VM runs (docs/runner.md: a hung destination libvirtd makes libvirt
 wait with no timeout, and abortJob may block or be ignored).
 """
 from __future__ import annotations

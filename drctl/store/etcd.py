@@ -4,7 +4,7 @@ The only module that imports `etcd3` and `grpc`: every library error becomes a d
 here (`StoreUnavailable`, `LeaseLost`, `WatchCompacted`, `StoreError`), so callers never
 see a grpc status code.
 
-What the library does not do and this adapter adds (DESIGN §3):
+What the library does not do and this adapter adds (docs/architecture.md):
 - a background lease keepalive (the library has none) that notices a lost lease: a
   refresh answering TTL 0 (what etcd says after a partition heals) or no successful
   refresh for a whole TTL;
