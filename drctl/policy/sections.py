@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 
 import yaml
 
-from drctl.model.cluster import HostSelector, Limits, PlacementRules, SpareMode, VMSelector
+from drctl.model.cluster import EscalationStep, HostSelector, Limits, PlacementRules, SpareMode, VMSelector
 from drctl.policy.reader import Reader, join
 from drctl.policy.rules import read_name
 from drctl.policy.selectors import host_selector, vm_selector
@@ -22,7 +22,6 @@ LIMITS_KEYS = ("concurrency", "bandwidth", "max_downtime", "timeout_per_gib", "e
 EVIDENCE_KEYS = ("require", "witness_quorum", "fence_agent")
 REBALANCE_KEYS = ("target_spread", "max_moves")
 HOST_RULES = ("must", "prefer", "must-not", "avoid")
-ESCALATION_STEPS = ("raise-downtime", "auto-converge", "post-copy", "abort")
 
 
 @dataclass(frozen=True)
@@ -197,10 +196,11 @@ def _escalation(r: Reader, node: yaml.Node, path: str) -> Escalation:
     steps = e.steps
     if "steps" in f:
         steps = tuple(r.each(f["steps"], join(path, "steps"),
-                             lambda n, p: r.choice(n, p, ESCALATION_STEPS), scalar_ok=True))
+                             lambda n, p: EscalationStep(r.choice(n, p, [s.value for s in EscalationStep])),
+                             scalar_ok=True))
         if len(set(steps)) != len(steps):
             raise r.fail(f["steps"], join(path, "steps"), "a step is listed twice")
-        if "abort" in steps and steps[-1] != "abort":
+        if EscalationStep.ABORT in steps and steps[-1] is not EscalationStep.ABORT:
             raise r.fail(f["steps"], join(path, "steps"), "steps after 'abort' would never run: put abort last")
     stall = _positive_duration(r, f["stall_after"], join(path, "stall_after")) if "stall_after" in f else e.stall_s
     progress = r.parsed(f["min_progress"], join(path, "min_progress"), parse_percent) if "min_progress" in f else e.min_progress_pct

@@ -36,8 +36,8 @@ from drctl.clock import Clock
 from drctl.model.errors import DrctlError, HostUnreachable, NoSuchDomain, PermanentError, TransientError
 from drctl.hypervisor import Hypervisor, JobStats, MigrationParams
 from drctl.control.intents import Intent
-from drctl.runner.migration import MigrationJob, Outcome, ProgressCallback, Result, WatchConfig
-from drctl.model.cluster import Host, IntentKind, IntentState, Limits
+from drctl.runner.migration import CopyMode, MigrationJob, Outcome, ProgressCallback, Result, WatchConfig
+from drctl.model.cluster import EscalationStep, Host, IntentKind, IntentState, Limits
 from drctl.runner.prechecks import CheckPolicy, CheckResult, DomainNeeds, domain_needs, evaluate, failed, gather, summary, tcp_reachable
 from drctl.runner.storage_prep import DirPoolPreparer, StoragePreparer
 from drctl.store import EventKind, Store
@@ -360,7 +360,7 @@ class Runner:
         return MigrationParams(
             bandwidth_mibs=p.bandwidth_mibs, max_downtime_ms=p.max_downtime_ms, copy_storage=p.copy_storage,
             # post-copy can only be switched to if allowed when the migration started
-            postcopy="post-copy" in p.escalation,
+            postcopy=EscalationStep.POST_COPY in p.escalation,
             postcopy_bandwidth_mibs=p.postcopy_bandwidth_mibs or p.bandwidth_mibs,
         )
 
@@ -409,7 +409,7 @@ class Runner:
         audit.emit(events.MIGRATION_COMPLETED, intent=it.id, incident=it.incident, vm=it.vm, src=it.src,
                    dst=it.dst, attempt=it.attempt, total_ms=stats.elapsed_ms, downtime_ms=stats.downtime_ms,
                    data_bytes=stats.data_processed, iterations=stats.memory_iteration,
-                   mode="post-copy" if out.postcopy else "pre-copy")
+                   mode=CopyMode.POST_COPY if out.postcopy else CopyMode.PRE_COPY)
 
     def _completed_stats(self, it: Intent) -> JobStats:
         # after post-copy the destination's statistics are empty (DESIGN §3)

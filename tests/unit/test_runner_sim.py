@@ -318,9 +318,12 @@ def test_stall_detector_fires_when_dirty_memory_stops_shrinking() -> None:
     d2 = StallDetector(k_iterations=2, stall_s=1000, deadline_s=1000)
     for i, rem in enumerate([100, 50, 25, 12, 6, 3], start=1):
         assert d2.observe(JobStats(active=True, memory_iteration=i, memory_remaining=rem), float(i)) is None
-    assert next_step(("raise-downtime", "post-copy"), ["raise-downtime"], False) == "post-copy"
-    assert next_step(("raise-downtime",), ["raise-downtime"], False) == "abort"
-    assert next_step(("post-copy",), ["post-copy"], True) == "wait"  # never abort a post-copy
+    from drctl.model.cluster import EscalationStep as Step
+
+    assert next_step(("raise-downtime", "post-copy"), [Step.RAISE_DOWNTIME], False) is Step.POST_COPY
+    assert next_step(("raise-downtime",), [Step.RAISE_DOWNTIME], False) is Step.ABORT
+    assert next_step(("bogus", "post-copy"), [], False) is Step.POST_COPY  # unknown names are skipped
+    assert next_step(("post-copy",), [Step.POST_COPY], True) is None  # wait: never abort a post-copy
 
 
 def test_resolve_where_a_vm_runs() -> None:
