@@ -10,10 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from enum import Enum
 from typing import Any
 
 from drctl.audit import events as ev
 from drctl.audit.reader import Event, Problem, intents_of, parse_ts
+from drctl.model.cluster import IntentKind, IntentState
 
 # Events about a host or the controller carry no incident id; they belong to an incident
 # when they concern its host (or any host, for the controller) within its time window.
@@ -39,13 +41,21 @@ class Phase:
         return (self.end - self.start).total_seconds()
 
 
+class SegmentKind(str, Enum):
+    """What one stretch of a VM's move on the timeline was."""
+
+    MIGRATE = "migrate"  # a live migration that reached verification
+    RESTART = "restart"  # a restart elsewhere that reached verification
+    FAILED = "failed"  # an attempt that did not
+
+
 @dataclass(frozen=True)
 class Segment:
     """One stretch of a VM's move on the timeline: a migration attempt or a restart."""
 
     start: datetime
     end: datetime
-    kind: str  # "migrate" | "restart" | "failed"
+    kind: SegmentKind
     attempt: int
     dst: str
 
@@ -54,10 +64,10 @@ class Segment:
 class VMOutcome:
     vm: str
     intent: str
-    kind: str  # "migrate" | "restart"
+    kind: IntentKind
     src: str
     dst: str
-    state: str  # last intent state; "done" when it worked
+    state: IntentState  # last intent state; DONE when it worked
     attempts: int
     started: datetime | None
     ended: datetime | None
@@ -113,7 +123,7 @@ class TimelineItem:
 class Report:
     incident: str
     host: str
-    kind: str  # "evacuate" | "restart" | ...
+    kind: str  # incident.opened's kind (control.tick.IncidentKind values), "" when not recorded
     trigger: str
     policy: str
     first_sign: datetime
@@ -229,10 +239,10 @@ def _what_done(evs: Sequence[Event], vms: Sequence[VMOutcome], closed: Event | N
     fenced = [e for e in evs if e.name == ev.FENCE_SUCCEEDED]
     if fenced:
         parts.append(f"fenced {fenced[0].get('host')} ({fenced[0].get('agent')})")
-    for kind, verb in (("migrate", "live-migrated"), ("restart", "restarted")):
-        mine = [v for v in vms if v.kind == kind]
+    for kind, verb in ((IntentKind.MIGRATE, "live-migrated"), (IntentKind.RESTART, "restarted")):
+        mine = [v for v in vms if v.kind is kind]
         if mine:
-            done = sum(v.state == "done" for v in mine)
+            done = sum(v.state is IntentState.DONE for v in mine)
             parts.append(f"{verb} {done} of {len(mine)} VMs")
     unplaced = sum(1 for e in evs if e.name == ev.PLACEMENT_FAILED)
     if unplaced:
@@ -289,8 +299,9 @@ def _vm_outcome(evs: Sequence[Event], first_sign: datetime) -> VMOutcome:
     created = _first(evs, ev.INTENT_CREATED)
     head = created or evs[0]
     intent, vm, src, dst = head["intent"], str(head.get("vm", "?")), str(head.get("src", "")), str(head.get("dst", ""))
-    kind = str(created.get("kind", "migrate")) if created else "migrate"
-    state, attempts, started, ended, verified = "pending", 1, None, None, None
+    # an unknown kind was always drawn as a migration
+    kind = IntentKind.RESTART if created and created.get("kind") == IntentKind.RESTART.value else IntentKind.MIGRATE
+    state, attempts, started, ended, verified = IntentState.PENDING, 1, None, None, None
     segments: list[Segment] = []
     seg_start: tuple[datetime, int, str] | None = None
     stats: Event | None = None
@@ -300,16 +311,18 @@ def _vm_outcome(evs: Sequence[Event], first_sign: datetime) -> VMOutcome:
         attempts = max(attempts, int(e.get("attempt") or 1))
         dst = str(e.get("dst") or dst)
         if e.name == ev.INTENT_STATE_CHANGED:
-            state = str(e.get("to"))
+            to = _intent_state(e.get("to"))
+            state = to or state  # a state this version does not know leaves the last known one
             started = started or e.ts
-            if state == "migrating":
+            if to is IntentState.MIGRATING:
                 seg_start = (e.ts, int(e.get("attempt") or 1), dst)
-            elif seg_start is not None and e.get("from") == "migrating":
-                ok = state == "verifying"
-                seg_kind = ("restart" if kind == "restart" else "migrate") if ok else "failed"
+            elif seg_start is not None and _intent_state(e.get("from")) is IntentState.MIGRATING:
+                seg_kind = SegmentKind.FAILED
+                if to is IntentState.VERIFYING:
+                    seg_kind = SegmentKind.RESTART if kind is IntentKind.RESTART else SegmentKind.MIGRATE
                 segments.append(Segment(seg_start[0], e.ts, seg_kind, seg_start[1], seg_start[2]))
                 seg_start = None
-            if state in ("done", "failed", "aborted"):
+            if to is not None and to.terminal:
                 ended = e.ts
         elif e.name == ev.MIGRATION_STARTED:
             job_started[int(e.get("attempt") or 1)] = e.ts
@@ -320,7 +333,7 @@ def _vm_outcome(evs: Sequence[Event], first_sign: datetime) -> VMOutcome:
         elif e.name == ev.VM_VERIFIED:
             verified = bool(e.get("ok"))
     if seg_start is not None:  # still migrating when the trail ends
-        segments.append(Segment(seg_start[0], evs[-1].ts, "failed", seg_start[1], seg_start[2]))
+        segments.append(Segment(seg_start[0], evs[-1].ts, SegmentKind.FAILED, seg_start[1], seg_start[2]))
     switched_at = (stats or restarted).ts if (stats or restarted) else None
     total = _int(stats, "total_ms")
     job_start = job_started.get(int(stats.get("attempt") or 1)) if stats else None
@@ -329,7 +342,7 @@ def _vm_outcome(evs: Sequence[Event], first_sign: datetime) -> VMOutcome:
         # downtime) ends it. The runner notices a little later: draw libvirt's numbers.
         switched_at = job_start + timedelta(milliseconds=total)
         segments = [replace(s, start=job_start, end=switched_at)
-                    if s.kind == "migrate" and s.attempt == int(stats.get("attempt") or 1) else s  # type: ignore[union-attr]
+                    if s.kind is SegmentKind.MIGRATE and s.attempt == int(stats.get("attempt") or 1) else s  # type: ignore[union-attr]
                     for s in segments]
     return VMOutcome(
         vm=vm, intent=intent, kind=kind, src=src, dst=dst, state=state, attempts=attempts,
@@ -382,8 +395,9 @@ def _anomaly_text(e: Event) -> tuple[str, str] | None:
         return "failure", f"{vm}: attempt {g('attempt')} to {g('dst')} failed (code {g('code', '?')}, {how}): {g('error')}"
     if e.name == ev.MIGRATION_ABORTED:
         return "abort", f"{vm}: migration aborted: {g('reason')}"
-    if e.name == ev.INTENT_STATE_CHANGED and g("to") in ("failed", "aborted"):
-        return ("abort" if g("to") == "aborted" else "failure"), f"{vm}: intent {g('to')}: {g('reason')}"
+    if e.name == ev.INTENT_STATE_CHANGED and (to := _intent_state(g("to"))) in (IntentState.FAILED,
+                                                                                  IntentState.ABORTED):
+        return ("abort" if to is IntentState.ABORTED else "failure"), f"{vm}: intent {g('to')}: {g('reason')}"
     if e.name == ev.INTENT_RETARGETED:
         return "fallback", f"{vm}: fell back from {g('old_dst')} to {g('dst')}: {g('reason')}"
     if e.name == ev.MIGRATION_ESCALATED:
@@ -396,7 +410,7 @@ def _anomaly_text(e: Event) -> tuple[str, str] | None:
         return "unverified", f"{vm}: verification on {g('host')} failed: {g('detail', '')}"
     if e.name == ev.PLACEMENT_FAILED:
         return "unplaced", f"{vm}: no eligible host: {g('reason')}"
-    if e.name == ev.INCIDENT_CLOSED and g("outcome") != "resolved":
+    if e.name == ev.INCIDENT_CLOSED and g("outcome") != ev.IncidentOutcome.RESOLVED:
         return "outcome", f"incident closed {g('outcome')}: {g('reason', '')}"
     return None
 
@@ -443,6 +457,14 @@ def describe(e: Event) -> str:
 
 
 # ---------------------------------------------------------------- small helpers
+
+
+def _intent_state(raw: Any) -> IntentState | None:
+    """An intent state as the trail names it; None for a name this version does not know."""
+    try:
+        return IntentState(raw)
+    except ValueError:
+        return None
 
 
 def _first(evs: Sequence[Event], name: str, **match: Any) -> Event | None:

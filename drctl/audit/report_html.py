@@ -11,7 +11,8 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from html import escape
 
-from drctl.audit.postmortem import Phase, Report, VMOutcome, human_bytes
+from drctl.audit.postmortem import Phase, Report, SegmentKind, VMOutcome, human_bytes
+from drctl.model.cluster import IntentKind, IntentState
 
 # ---------------------------------------------------------------- shared formatting
 
@@ -52,7 +53,7 @@ def _summary_rows(r: Report) -> list[tuple[str, str]]:
 
 
 def _vm_row(v: VMOutcome) -> list[str]:
-    if v.kind == "restart":
+    if v.kind is IntentKind.RESTART:
         how = f"restart, boot {_ms(v.boot_ms)}"
         down = f"{_secs(v.outage_s)} (since last sign of life)" if v.outage_s is not None else "–"
         took = _secs((v.ended - v.started).total_seconds()) if v.started and v.ended else "–"
@@ -61,7 +62,7 @@ def _vm_row(v: VMOutcome) -> list[str]:
         down = _ms(v.downtime_ms)
         took = _ms(v.total_ms)
     verified = {True: "yes", False: "NO", None: "–"}[v.verified]
-    return [v.vm, v.src, v.dst, v.state, took, down, human_bytes(v.data_bytes), str(v.attempts), how, verified]
+    return [v.vm, v.src, v.dst, v.state.value, took, down, human_bytes(v.data_bytes), str(v.attempts), how, verified]
 
 
 VM_HEADERS = ["VM", "Source", "Destination", "Outcome", "Migration / restart time", "Downtime", "Data sent", "Attempts",
@@ -72,7 +73,8 @@ VM_HEADERS = ["VM", "Source", "Destination", "Outcome", "Migration / restart tim
 
 _W, _LABEL_W, _RIGHT_W, _ROW_H, _TOP = 1240, 170, 190, 26, 34
 _COLORS = {"detection": "#e0a526", "evidence": "#7a8fb8", "fencing": "#8e44ad", "decision": "#5dade2",
-           "freeze": "#9e9e9e", "migrate": "#2e86c1", "restart": "#27ae60", "failed": "#c0392b"}
+           "freeze": "#9e9e9e", SegmentKind.MIGRATE.value: "#2e86c1", SegmentKind.RESTART.value: "#27ae60",
+           SegmentKind.FAILED.value: "#c0392b"}
 
 
 def timeline_svg(r: Report) -> str:
@@ -98,12 +100,12 @@ def timeline_svg(r: Report) -> str:
         if v.started and v.ended:  # the intent's whole life (checks, verification) as a thin line
             rows.append(f'<rect x="{x(v.started):.1f}" y="{y + 11}" width="{max(x(v.ended) - x(v.started), 1):.1f}" '
                         f'height="3" fill="#c8d3de"><title>{escape(v.vm)} intent {escape(v.intent)}</title></rect>')
-        if v.kind == "restart" and v.switched_at:
+        if v.kind is IntentKind.RESTART and v.switched_at:
             rows.append(_outage(x(r.first_sign), x(v.switched_at), y, f"{v.vm} down {_secs(v.outage_s)}"))
         for s in v.segments:
-            tip = f"{v.vm} attempt {s.attempt} → {s.dst}: {s.kind} {_secs((s.end - s.start).total_seconds())}"
-            rows.append(_bar(x(s.start), x(s.end), y, _COLORS[s.kind], tip))
-        if v.kind != "restart" and v.switched_at and v.downtime_ms is not None:
+            tip = f"{v.vm} attempt {s.attempt} → {s.dst}: {s.kind.value} {_secs((s.end - s.start).total_seconds())}"
+            rows.append(_bar(x(s.start), x(s.end), y, _COLORS[s.kind.value], tip))
+        if v.kind is not IntentKind.RESTART and v.switched_at and v.downtime_ms is not None:
             rows.append(_downtime(x(v.switched_at), y, v.downtime_ms / 1000 / span * plot_w, v))
         for a in r.anomalies:  # retries, fallbacks, escalations: where on the bar they happened
             if a.vm == v.vm:
@@ -120,10 +122,10 @@ def timeline_svg(r: Report) -> str:
 
 
 def _vm_note(v: VMOutcome) -> str:
-    if v.kind == "restart":
+    if v.kind is IntentKind.RESTART:
         return f"restarted · down {_secs(v.outage_s)}"
     if v.total_ms is None:
-        return v.state
+        return v.state.value
     return f"{_ms(v.total_ms)} · ▼ {_ms(v.downtime_ms)}"
 
 
@@ -177,7 +179,8 @@ def _axis(t0: datetime, span: float, plot_w: float, height: int) -> str:
 
 
 def _legend(y: int) -> str:
-    items = [("migration", _COLORS["migrate"]), ("restart", _COLORS["restart"]), ("failed attempt", _COLORS["failed"]),
+    items = [("migration", _COLORS[SegmentKind.MIGRATE.value]), ("restart", _COLORS[SegmentKind.RESTART.value]),
+             ("failed attempt", _COLORS[SegmentKind.FAILED.value]),
              ("downtime", "#111"), ("VM down (dead host)", "url(#down)"), ("controller frozen", _COLORS["freeze"]),
              ("retry / fallback / escalation", "#f39c12")]
     out, xp = [], _LABEL_W
@@ -232,7 +235,7 @@ def render_html(r: Report) -> str:
              _table(["Phase", "Start", "End", "Duration"], [_phase_row(r, p) for p in r.phases]),
              "<h2>Timeline</h2>", f'<div class="chart">{timeline_svg(r)}</div>',
              "<h2>Virtual machines</h2>", _table(VM_HEADERS, [_vm_row(v) for v in r.vms],
-                                                 ["" if v.state == "done" else "warning" for v in r.vms]),
+                                                 ["" if v.state is IntentState.DONE else "warning" for v in r.vms]),
              "<h2>Decisions</h2>", _decisions_html(r),
              "<h2>Anomalies</h2>", _anomalies_html(r),
              "<h2>Event log</h2>",

@@ -234,7 +234,8 @@ class ControllerLoop:
                 if self._write(lead, self.keys.incident(inc.id), incident_to_json(closed)):
                     mine = [i for i in view.intents if i.incident == inc.id]
                     moved = sum(1 for i in mine if i.state is IntentState.DONE)
-                    outcome = ("resolved" if moved == len(mine) else "failed" if moved == 0 else "partial")
+                    outcome = (events.IncidentOutcome.RESOLVED if moved == len(mine)
+                               else events.IncidentOutcome.FAILED if moved == 0 else events.IncidentOutcome.PARTIAL)
                     audit.emit(events.INCIDENT_CLOSED, incident=inc.id, host=inc.host, outcome=outcome,
                                reason=d.outcome, vms_moved=moved, vms_failed=len(mine) - moved, term=lead.term)
 

@@ -6,12 +6,16 @@ from enum import Enum
 
 import pytest
 
+from drctl.audit.events import IncidentOutcome
+from drctl.audit.postmortem import SegmentKind
 from drctl.control.intents import Intent, IntentParams
-from drctl.model.cluster import DEFAULT_ESCALATION, EscalationStep, IntentKind
+from drctl.control.tick import IncidentKind, IncidentPhase
+from drctl.model.cluster import DEFAULT_ESCALATION, EscalationStep, IntentKind, IntentState
 from drctl.policy import compile_policy
 from drctl.runner.migration import CopyMode
 
-VOCABULARIES: list[type[Enum]] = [EscalationStep, CopyMode]
+VOCABULARIES: list[type[Enum]] = [EscalationStep, CopyMode, IntentKind, IntentState, IncidentKind, IncidentPhase,
+                                  IncidentOutcome, SegmentKind]
 
 
 @pytest.mark.parametrize("vocab", VOCABULARIES, ids=lambda v: v.__name__)
