@@ -156,6 +156,13 @@ STORE_WATCH_STOPPED = _ev("store.watch_stopped", "A watch could not be resumed a
 SCHEMA: Mapping[str, EventSpec] = dict(_SPECS)
 
 
+class EvidenceSource(str, Enum):
+    """`kind` of evidence.recorded: where a piece of evidence that a host is dead came from."""
+
+    VERDICT = "verdict"  # the controller's health verdict (lease gone, witnesses)
+    FENCE = "fence"  # a fence agent confirmed the host is off
+
+
 class IncidentOutcome(str, Enum):
     """`outcome` of incident.closed: how many of the incident's VMs were moved."""
 

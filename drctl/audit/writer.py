@@ -18,6 +18,8 @@ from typing import IO, Any, Callable
 
 import structlog
 
+from drctl.audit import events
+
 GENESIS = "0" * 64  # `prev` of the first line of a stream
 
 Clock = Callable[[], float]
@@ -188,7 +190,7 @@ def retry_scheduled(retry_state: Any) -> None:
     """tenacity `before_sleep` hook: each retry is an audit event."""
     exc = retry_state.outcome.exception() if retry_state.outcome else None
     emit(
-        "retry.scheduled",
+        events.RETRY_SCHEDULED,
         fn=getattr(retry_state.fn, "__name__", str(retry_state.fn)),
         attempt=retry_state.attempt_number,
         sleep_s=round(retry_state.next_action.sleep, 3) if retry_state.next_action else None,

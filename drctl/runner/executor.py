@@ -190,7 +190,7 @@ class Runner:
         self._lease = None
         self._lease_lost.clear()
         self.start()
-        audit.warn("runner.lease_renewed", runner=self.cfg.runner_id,
+        audit.warn(events.RUNNER_LEASE_RENEWED, runner=self.cfg.runner_id,
                    old=f"{lost.id:x}" if lost is not None else None,
                    new=f"{self._lease.id:x}" if self._lease is not None else None)
 
@@ -227,7 +227,7 @@ class Runner:
         except _Park:
             return intents.get_intent(self.store, self.keys, intent_id)
         except intents.IntentConflict as e:
-            audit.warn("runner.gave_up", intent=intent_id, reason=str(e))
+            audit.warn(events.RUNNER_GAVE_UP, intent=intent_id, reason=str(e))
             return intents.get_intent(self.store, self.keys, intent_id)
         finally:
             self._marks.pop(intent_id, None)
@@ -291,7 +291,7 @@ class Runner:
         dst = self._hv(it.dst)
         try:
             if it.params.copy_storage:
-                audit.emit("storage.prepared", intent=it.id, vm=it.vm, host=it.dst,
+                audit.emit(events.STORAGE_PREPARED, intent=it.id, vm=it.vm, host=it.dst,
                            detail=self.storage.prepare(needs, dst))
         finally:
             close_quietly(dst)
@@ -329,7 +329,7 @@ class Runner:
         results = evaluate(facts, needs, self._incoming_mib(it), self.cfg.checks)
         if with_address:
             results.append(self.reachable(self.uris[it.dst], 2.0))
-        audit.emit("precheck.completed", intent=it.id, vm=it.vm, host=it.dst, ok=not failed(results),
+        audit.emit(events.PRECHECK_COMPLETED, intent=it.id, vm=it.vm, host=it.dst, ok=not failed(results),
                    checks={r.name: ("ok" if r.ok else r.reason) for r in results})
         if failed(results):
             raise PrecheckFailed(summary(results))
@@ -439,7 +439,7 @@ class Runner:
                         raise OutcomeUnknown(detail)
                     return res, detail
         except OutcomeUnknown as e:
-            audit.warn("intent.outcome_unknown", intent=it.id, vm=it.vm, detail=str(e))
+            audit.warn(events.INTENT_OUTCOME_UNKNOWN, intent=it.id, vm=it.vm, detail=str(e))
             raise _Park() from e
         raise AssertionError("unreachable")
 
