@@ -6,6 +6,7 @@ they exist); omitted keys keep the safe defaults of PlacementRules / Limits.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from enum import Enum
 
 import yaml
 
@@ -21,14 +22,31 @@ PLACEMENT_KEYS = ("memory_headroom", "failure_domain", "spread_groups_across_dom
 LIMITS_KEYS = ("concurrency", "bandwidth", "max_downtime", "timeout_per_gib", "escalation", "blast_radius")
 EVIDENCE_KEYS = ("require", "witness_quorum", "fence_agent")
 REBALANCE_KEYS = ("target_spread", "max_moves")
-HOST_RULES = ("must", "prefer", "must-not", "avoid")
+
+
+class HostRuleKind(str, Enum):
+    """`rule` of a `placement.host_affinity` entry."""
+
+    MUST = "must"  # only on these hosts
+    PREFER = "prefer"  # these hosts first
+    MUST_NOT = "must-not"  # never on these hosts
+    AVOID = "avoid"  # these hosts last
+
+    @property
+    def positive(self) -> bool:
+        """Toward the hosts (must, prefer) rather than away from them (must-not, avoid)."""
+        return self in (HostRuleKind.MUST, HostRuleKind.PREFER)
+
+    @property
+    def required(self) -> bool:
+        return self in (HostRuleKind.MUST, HostRuleKind.MUST_NOT)
 
 
 @dataclass(frozen=True)
 class HostRule:
     """One `placement.host_affinity` entry as written, before conflict checks compile it."""
 
-    kind: str  # one of HOST_RULES
+    kind: HostRuleKind
     vms: VMSelector
     hosts: HostSelector
     node: yaml.Node
@@ -95,7 +113,7 @@ def _host_rule(r: Reader, node: yaml.Node, path: str) -> HostRule:
     missing = [k for k in ("vms", "hosts", "rule") if k not in f]
     if missing:
         raise r.fail(node, path, f"missing required key {missing[0]!r}")
-    kind = r.choice(f["rule"], join(path, "rule"), HOST_RULES)
+    kind = HostRuleKind(r.choice(f["rule"], join(path, "rule"), [k.value for k in HostRuleKind]))
     vms = vm_selector(r, f["vms"], join(path, "vms"))
     hosts = host_selector(r, f["hosts"], join(path, "hosts"))
     if hosts == HostSelector():

@@ -15,10 +15,11 @@ from drctl.control.intents import Intent, IntentParams
 from drctl.control.tick import IncidentKind, IncidentPhase
 from drctl.model.cluster import DEFAULT_ESCALATION, EscalationStep, IntentKind, IntentState
 from drctl.policy import compile_policy
+from drctl.policy.sections import HostRuleKind
 from drctl.runner.migration import CopyMode
 
 VOCABULARIES: list[type[Enum]] = [EscalationStep, CopyMode, IntentKind, IntentState, IncidentKind, IncidentPhase,
-                                  IncidentOutcome, EvidenceSource, SegmentKind]
+                                  IncidentOutcome, EvidenceSource, SegmentKind, HostRuleKind]
 
 
 @pytest.mark.parametrize("vocab", VOCABULARIES, ids=lambda v: v.__name__)
