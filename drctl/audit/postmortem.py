@@ -30,9 +30,21 @@ class IncidentNotFound(LookupError):
     pass
 
 
+class PhaseName(str, Enum):
+    """The stretches of an incident the report measures."""
+
+    DETECTION = "detection"  # first sign -> incident opened
+    EVIDENCE = "evidence"  # first -> last piece of evidence a host is dead
+    FENCING = "fencing"  # fence requested -> confirmed (or failed)
+    DECISION = "decision"  # opened (or fenced) -> last intent written
+    EXECUTION = "execution"  # first move started -> last ended
+    TOTAL = "total"  # first sign -> incident closed
+    FREEZE = "freeze"  # controller frozen -> resumed
+
+
 @dataclass(frozen=True)
 class Phase:
-    name: str
+    name: PhaseName
     start: datetime
     end: datetime
 
@@ -102,10 +114,26 @@ class Decision:
     candidates: tuple[Candidate, ...]
 
 
+class AnomalyKind(str, Enum):
+    """What went other than planned during an incident."""
+
+    RETRY = "retry"  # a transient failure, retried
+    FAILURE = "failure"  # a migration attempt or an intent failed
+    ABORT = "abort"  # a migration or an intent was aborted
+    FALLBACK = "fallback"  # an intent moved on to its next destination
+    ESCALATION = "escalation"  # a non-converging migration took an escalation step
+    FREEZE = "freeze"  # the controller froze, resumed or lost leadership
+    FENCE = "fence"  # fencing failed
+    UNVERIFIED = "unverified"  # a moved VM could not be verified
+    UNPLACED = "unplaced"  # no eligible host for a VM
+    OUTCOME = "outcome"  # the incident closed other than resolved
+    UNFINISHED = "unfinished"  # an intent still open when the trail ends
+
+
 @dataclass(frozen=True)
 class Anomaly:
     ts: datetime
-    kind: str  # retry | failure | abort | fallback | escalation | freeze | fence | unverified | unplaced | outcome
+    kind: AnomalyKind
     vm: str
     text: str
 
@@ -254,25 +282,25 @@ def _what_done(evs: Sequence[Event], vms: Sequence[VMOutcome], closed: Event | N
 
 def _phases(evs: Sequence[Event], first_sign: datetime, opened: Event, closed: Event | None,
             vms: Sequence[VMOutcome]) -> list[Phase]:
-    phases = [Phase("detection", first_sign, opened.ts)]
+    phases = [Phase(PhaseName.DETECTION, first_sign, opened.ts)]
     evidence = [e.ts for e in evs if e.name == ev.EVIDENCE_RECORDED]
     if evidence:
-        phases.append(Phase("evidence", min(evidence), max(evidence)))
+        phases.append(Phase(PhaseName.EVIDENCE, min(evidence), max(evidence)))
     fence_start = _first(evs, ev.FENCE_REQUESTED)
     fence_end = _first(evs, ev.FENCE_SUCCEEDED) or _first(evs, ev.FENCE_FAILED)
     if fence_start:
-        phases.append(Phase("fencing", fence_start.ts, fence_end.ts if fence_end else fence_start.ts))
+        phases.append(Phase(PhaseName.FENCING, fence_start.ts, fence_end.ts if fence_end else fence_start.ts))
     created = [e.ts for e in evs if e.name in (ev.INTENT_CREATED, ev.PLACEMENT_FAILED)]
     if created:
         # a restart plan can only be made once fencing is confirmed: measure from there
         decide_from = fence_end.ts if fence_end and fence_end.ts < max(created) else opened.ts
-        phases.append(Phase("decision", decide_from, max(created)))
+        phases.append(Phase(PhaseName.DECISION, decide_from, max(created)))
     starts = [v.started for v in vms if v.started]
     ends = [v.ended for v in vms if v.ended]
     if starts and ends:
-        phases.append(Phase("execution", min(starts), max(ends)))
+        phases.append(Phase(PhaseName.EXECUTION, min(starts), max(ends)))
     last = closed.ts if closed else max(e.ts for e in evs)
-    phases.append(Phase("total", first_sign, last))
+    phases.append(Phase(PhaseName.TOTAL, first_sign, last))
     return phases
 
 
@@ -282,10 +310,10 @@ def _freezes(evs: Sequence[Event]) -> list[Phase]:
         if e.name == ev.CONTROLLER_FROZE and since is None:
             since = e.ts
         elif e.name == ev.CONTROLLER_RESUMED and since is not None:
-            out.append(Phase("freeze", since, e.ts))
+            out.append(Phase(PhaseName.FREEZE, since, e.ts))
             since = None
     if since is not None:
-        out.append(Phase("freeze", since, evs[-1].ts))
+        out.append(Phase(PhaseName.FREEZE, since, evs[-1].ts))
     return out
 
 
@@ -382,36 +410,36 @@ def _anomalies(evs: Sequence[Event], vms: Sequence[VMOutcome]) -> list[Anomaly]:
             out.append(Anomaly(e.ts, a[0], vm, a[1]))
     for v in vms:
         if v.ended is None:
-            out.append(Anomaly(evs[-1].ts, "unfinished", v.vm, f"{v.vm}: intent {v.intent} still {v.state}"))
+            out.append(Anomaly(evs[-1].ts, AnomalyKind.UNFINISHED, v.vm, f"{v.vm}: intent {v.intent} still {v.state.value}"))
     return out
 
 
-def _anomaly_text(e: Event) -> tuple[str, str] | None:
+def _anomaly_text(e: Event) -> tuple[AnomalyKind, str] | None:
     g, vm = e.get, e.get("vm", "")
     if e.name == ev.RETRY_SCHEDULED:
-        return "retry", f"{vm}: retry after attempt {g('attempt')} in {g('sleep_s')} s ({g('error', '')})"
+        return AnomalyKind.RETRY, f"{vm}: retry after attempt {g('attempt')} in {g('sleep_s')} s ({g('error', '')})"
     if e.name == ev.MIGRATION_FAILED:
         how = "transient" if g("transient") else "permanent"
-        return "failure", f"{vm}: attempt {g('attempt')} to {g('dst')} failed (code {g('code', '?')}, {how}): {g('error')}"
+        return AnomalyKind.FAILURE, f"{vm}: attempt {g('attempt')} to {g('dst')} failed (code {g('code', '?')}, {how}): {g('error')}"
     if e.name == ev.MIGRATION_ABORTED:
-        return "abort", f"{vm}: migration aborted: {g('reason')}"
+        return AnomalyKind.ABORT, f"{vm}: migration aborted: {g('reason')}"
     if e.name == ev.INTENT_STATE_CHANGED and (to := _intent_state(g("to"))) in (IntentState.FAILED,
                                                                                   IntentState.ABORTED):
-        return ("abort" if to is IntentState.ABORTED else "failure"), f"{vm}: intent {g('to')}: {g('reason')}"
+        return (AnomalyKind.ABORT if to is IntentState.ABORTED else AnomalyKind.FAILURE), f"{vm}: intent {g('to')}: {g('reason')}"
     if e.name == ev.INTENT_RETARGETED:
-        return "fallback", f"{vm}: fell back from {g('old_dst')} to {g('dst')}: {g('reason')}"
+        return AnomalyKind.FALLBACK, f"{vm}: fell back from {g('old_dst')} to {g('dst')}: {g('reason')}"
     if e.name == ev.MIGRATION_ESCALATED:
-        return "escalation", f"{vm}: escalated to {g('step')}: {g('reason')}"
+        return AnomalyKind.ESCALATION, f"{vm}: escalated to {g('step')}: {g('reason')}"
     if e.name in (ev.CONTROLLER_FROZE, ev.CONTROLLER_RESUMED, ev.CONTROLLER_DEPOSED):
-        return "freeze", f"controller {e.name.split('.')[1]} (term {g('term')}): {g('reason')}"
+        return AnomalyKind.FREEZE, f"controller {e.name.split('.')[1]} (term {g('term')}): {g('reason')}"
     if e.name == ev.FENCE_FAILED:
-        return "fence", f"fencing {g('host')} with {g('agent')} failed: {g('error')}"
+        return AnomalyKind.FENCE, f"fencing {g('host')} with {g('agent')} failed: {g('error')}"
     if e.name == ev.VM_VERIFIED and not g("ok"):
-        return "unverified", f"{vm}: verification on {g('host')} failed: {g('detail', '')}"
+        return AnomalyKind.UNVERIFIED, f"{vm}: verification on {g('host')} failed: {g('detail', '')}"
     if e.name == ev.PLACEMENT_FAILED:
-        return "unplaced", f"{vm}: no eligible host: {g('reason')}"
+        return AnomalyKind.UNPLACED, f"{vm}: no eligible host: {g('reason')}"
     if e.name == ev.INCIDENT_CLOSED and g("outcome") != ev.IncidentOutcome.RESOLVED:
-        return "outcome", f"incident closed {g('outcome')}: {g('reason', '')}"
+        return AnomalyKind.OUTCOME, f"incident closed {g('outcome')}: {g('reason', '')}"
     return None
 
 

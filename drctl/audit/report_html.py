@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from html import escape
 
-from drctl.audit.postmortem import Phase, Report, SegmentKind, VMOutcome, human_bytes
+from drctl.audit.postmortem import Phase, PhaseName, Report, SegmentKind, VMOutcome, human_bytes
 from drctl.model.cluster import IntentKind, IntentState
 
 # ---------------------------------------------------------------- shared formatting
@@ -72,8 +72,9 @@ VM_HEADERS = ["VM", "Source", "Destination", "Outcome", "Migration / restart tim
 # ---------------------------------------------------------------- SVG timeline
 
 _W, _LABEL_W, _RIGHT_W, _ROW_H, _TOP = 1240, 170, 190, 26, 34
-_COLORS = {"detection": "#e0a526", "evidence": "#7a8fb8", "fencing": "#8e44ad", "decision": "#5dade2",
-           "freeze": "#9e9e9e", SegmentKind.MIGRATE.value: "#2e86c1", SegmentKind.RESTART.value: "#27ae60",
+_COLORS = {PhaseName.DETECTION.value: "#e0a526", PhaseName.EVIDENCE.value: "#7a8fb8",
+           PhaseName.FENCING.value: "#8e44ad", PhaseName.DECISION.value: "#5dade2",
+           PhaseName.FREEZE.value: "#9e9e9e", SegmentKind.MIGRATE.value: "#2e86c1", SegmentKind.RESTART.value: "#27ae60",
            SegmentKind.FAILED.value: "#c0392b"}
 
 
@@ -87,12 +88,13 @@ def timeline_svg(r: Report) -> str:
         return _LABEL_W + (ts - t0).total_seconds() / span * plot_w
 
     rows: list[str] = []
-    lanes = [p for p in r.phases if p.name in ("detection", "evidence", "fencing", "decision")]
+    lanes = [p for p in r.phases if p.name in (PhaseName.DETECTION, PhaseName.EVIDENCE, PhaseName.FENCING,
+                                               PhaseName.DECISION)]
     lanes += list(r.freezes)
     y = _TOP
     for p in lanes:
-        rows.append(_label(y, p.name))
-        rows.append(_bar(x(p.start), x(p.end), y, _COLORS.get(p.name, "#888"), f"{p.name} {_secs(p.seconds)}"))
+        rows.append(_label(y, p.name.value))
+        rows.append(_bar(x(p.start), x(p.end), y, _COLORS.get(p.name.value, "#888"), f"{p.name.value} {_secs(p.seconds)}"))
         rows.append(_note(max(x(p.end), x(p.start) + 3) + 6, y, _secs(p.seconds)))
         y += _ROW_H
     for v in r.vms:
@@ -109,7 +111,7 @@ def timeline_svg(r: Report) -> str:
             rows.append(_downtime(x(v.switched_at), y, v.downtime_ms / 1000 / span * plot_w, v))
         for a in r.anomalies:  # retries, fallbacks, escalations: where on the bar they happened
             if a.vm == v.vm:
-                rows.append(_marker(x(a.ts), y, f"{a.kind}: {a.text}"))
+                rows.append(_marker(x(a.ts), y, f"{a.kind.value}: {a.text}"))
         end_x = max([x(s.end) for s in v.segments] + [x(v.ended) if v.ended else _LABEL_W])
         rows.append(_note(end_x + 6, y, _vm_note(v)))
         y += _ROW_H
@@ -181,7 +183,7 @@ def _axis(t0: datetime, span: float, plot_w: float, height: int) -> str:
 def _legend(y: int) -> str:
     items = [("migration", _COLORS[SegmentKind.MIGRATE.value]), ("restart", _COLORS[SegmentKind.RESTART.value]),
              ("failed attempt", _COLORS[SegmentKind.FAILED.value]),
-             ("downtime", "#111"), ("VM down (dead host)", "url(#down)"), ("controller frozen", _COLORS["freeze"]),
+             ("downtime", "#111"), ("VM down (dead host)", "url(#down)"), ("controller frozen", _COLORS[PhaseName.FREEZE.value]),
              ("retry / fallback / escalation", "#f39c12")]
     out, xp = [], _LABEL_W
     for name, color in items:
@@ -252,7 +254,7 @@ def render_html(r: Report) -> str:
 
 
 def _phase_row(r: Report, p: Phase) -> list[str]:
-    return [p.name, f"{_clock(p.start)} ({_offset(r, p.start)})", f"{_clock(p.end)} ({_offset(r, p.end)})",
+    return [p.name.value, f"{_clock(p.start)} ({_offset(r, p.start)})", f"{_clock(p.end)} ({_offset(r, p.end)})",
             _secs(p.seconds)]
 
 
@@ -273,7 +275,7 @@ def _decisions_html(r: Report) -> str:
 def _anomalies_html(r: Report) -> str:
     if not r.anomalies:
         return '<p class="ok">None: no retries, aborts, fallbacks or freezes.</p>'
-    return _table(["Time", "Kind", "VM", "What"], [[_clock(a.ts), a.kind, a.vm, a.text] for a in r.anomalies])
+    return _table(["Time", "Kind", "VM", "What"], [[_clock(a.ts), a.kind.value, a.vm, a.text] for a in r.anomalies])
 
 
 # ---------------------------------------------------------------- Markdown
@@ -298,7 +300,7 @@ def render_markdown(r: Report) -> str:
                             for c in d.candidates])
         lines.append("")
     lines += ["## Anomalies", ""]
-    lines += (_md_table(["Time", "Kind", "VM", "What"], [[_clock(a.ts), a.kind, a.vm, a.text] for a in r.anomalies])
+    lines += (_md_table(["Time", "Kind", "VM", "What"], [[_clock(a.ts), a.kind.value, a.vm, a.text] for a in r.anomalies])
               if r.anomalies else ["None."])
     lines += ["", "## Event log", ""]
     lines += _md_table(["Time", "Offset", "Event", "What"],

@@ -10,7 +10,7 @@ import pytest
 
 from drctl.audit import events
 from drctl.audit.events import EvidenceSource, IncidentOutcome
-from drctl.audit.postmortem import SegmentKind
+from drctl.audit.postmortem import AnomalyKind, PhaseName, SegmentKind
 from drctl.control.intents import Intent, IntentParams
 from drctl.control.tick import IncidentKind, IncidentPhase
 from drctl.model.cluster import DEFAULT_ESCALATION, EscalationStep, IntentKind, IntentState
@@ -19,7 +19,8 @@ from drctl.policy.sections import HostRuleKind
 from drctl.runner.migration import CopyMode
 
 VOCABULARIES: list[type[Enum]] = [EscalationStep, CopyMode, IntentKind, IntentState, IncidentKind, IncidentPhase,
-                                  IncidentOutcome, EvidenceSource, SegmentKind, HostRuleKind]
+                                  IncidentOutcome, EvidenceSource, SegmentKind, PhaseName, AnomalyKind,
+                                  HostRuleKind]
 
 
 @pytest.mark.parametrize("vocab", VOCABULARIES, ids=lambda v: v.__name__)
