@@ -14,7 +14,7 @@ from enum import Enum
 from typing import Any
 
 from drctl.audit import events as ev
-from drctl.audit.reader import Event, Problem, intents_of, parse_ts
+from drctl.audit.reader import Event, UnreadableLine, intents_of, parse_ts
 from drctl.model.cluster import IntentKind, IntentState
 
 # Events about a host or the controller carry no incident id; they belong to an incident
@@ -96,7 +96,7 @@ class VMOutcome:
 
 
 @dataclass(frozen=True)
-class Candidate:
+class RecordedCandidate:
     host: str
     eligible: bool
     score: float | None
@@ -104,14 +104,14 @@ class Candidate:
 
 
 @dataclass(frozen=True)
-class Decision:
+class RecordedPlacement:
     ts: datetime
     vm: str
     src: str
     dst: str | None  # None: no eligible host
     score: float | None
     reason: str
-    candidates: tuple[Candidate, ...]
+    candidates: tuple[RecordedCandidate, ...]
 
 
 class AnomalyKind(str, Enum):
@@ -162,12 +162,12 @@ class Report:
     what_done: str
     phases: tuple[Phase, ...]
     vms: tuple[VMOutcome, ...]
-    decisions: tuple[Decision, ...]
+    decisions: tuple[RecordedPlacement, ...]
     anomalies: tuple[Anomaly, ...]
     timeline: tuple[TimelineItem, ...]
     freezes: tuple[Phase, ...] = ()
     omitted_progress: int = 0
-    problems: tuple[Problem, ...] = ()
+    problems: tuple[UnreadableLine, ...] = ()
 
     @property
     def end(self) -> datetime:
@@ -221,7 +221,7 @@ def _first_sign(events: Sequence[Event], opened: Event) -> datetime:
 # ---------------------------------------------------------------- building the report
 
 
-def build_report(events: Sequence[Event], incident: str, problems: Sequence[Problem] = ()) -> Report:
+def build_report(events: Sequence[Event], incident: str, problems: Sequence[UnreadableLine] = ()) -> Report:
     """The postmortem model of `incident`. Raises IncidentNotFound."""
     evs = incident_events(events, incident)
     opened = _first(evs, ev.INCIDENT_OPENED)
@@ -385,18 +385,18 @@ def _vm_outcome(evs: Sequence[Event], first_sign: datetime) -> VMOutcome:
     )
 
 
-def _decisions(evs: Sequence[Event]) -> list[Decision]:
+def _decisions(evs: Sequence[Event]) -> list[RecordedPlacement]:
     out = []
     for e in evs:
         if e.name not in (ev.PLACEMENT_DECIDED, ev.PLACEMENT_FAILED):
             continue
-        cands = tuple(Candidate(str(c.get("host", "?")), bool(c.get("eligible")), c.get("score"),
+        cands = tuple(RecordedCandidate(str(c.get("host", "?")), bool(c.get("eligible")), c.get("score"),
                                 tuple(str(r) for r in c.get("reasons") or ()))
                       for c in e.get("candidates") or () if isinstance(c, dict))
         dst = e.get("dst") if e.name == ev.PLACEMENT_DECIDED else None
         # the chosen host first, then the eligible by score, then the rejected
         cands = tuple(sorted(cands, key=lambda c: (c.host != dst, not c.eligible, -(c.score or 0.0), c.host)))
-        out.append(Decision(e.ts, str(e.get("vm", "?")), str(e.get("src", "")), dst, e.get("score"),
+        out.append(RecordedPlacement(e.ts, str(e.get("vm", "?")), str(e.get("src", "")), dst, e.get("score"),
                             str(e.get("reason", "")), cands))
     return out
 
@@ -444,11 +444,11 @@ def _anomaly_text(e: Event) -> tuple[AnomalyKind, str] | None:
 
 
 def _timeline(evs: Sequence[Event]) -> list[TimelineItem]:
-    return [TimelineItem(e.ts, e.name, str(e.get("component", "")), str(e.get("level", "info")), describe(e))
+    return [TimelineItem(e.ts, e.name, str(e.get("component", "")), str(e.get("level", "info")), describe_event(e))
             for e in evs if e.name != ev.MIGRATION_PROGRESSED]
 
 
-def describe(e: Event) -> str:
+def describe_event(e: Event) -> str:
     """One human sentence for an event (used by the timeline)."""
     g = e.get
     texts = {

@@ -22,7 +22,7 @@ from drctl.audit import events
 
 GENESIS = "0" * 64  # `prev` of the first line of a stream
 
-Clock = Callable[[], float]
+TimeSource = Callable[[], float]  # seconds since the epoch (e.g. a drctl.clock.Clock's now)
 
 
 def line_hash(line: str) -> str:
@@ -134,7 +134,7 @@ def configure(
     component: str,
     path: Path | str | None = None,
     echo: IO[str] | None = None,
-    clock: Clock | None = None,
+    clock: TimeSource | None = None,
     keep_in_memory: bool = False,
 ) -> AuditSink:
     """Configure the audit stream for this process. Call once, at start-up.

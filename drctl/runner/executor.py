@@ -38,7 +38,7 @@ from drctl.hypervisor import Hypervisor, JobStats, MigrationParams
 from drctl.control.intents import Intent
 from drctl.runner.migration import CopyMode, MigrationJob, Outcome, ProgressCallback, Result, WatchConfig
 from drctl.model.cluster import EscalationStep, Host, IntentKind, IntentState, Limits
-from drctl.runner.prechecks import CheckPolicy, CheckResult, DomainNeeds, domain_needs, evaluate, failed, gather, summary, tcp_reachable
+from drctl.runner.prechecks import CheckPolicy, CheckResult, DomainNeeds, domain_needs, check_destination, failed, gather, summary, tcp_reachable
 from drctl.runner.storage_prep import DirPoolPreparer, StoragePreparer
 from drctl.store import EventKind, Store
 from drctl.store.keys import Keys
@@ -326,7 +326,7 @@ class Runner:
             facts = gather(it.dst, dst, needs, self.host_state(it.dst), self.cfg.reserved_mib.get(it.dst, 0))
         finally:
             close_quietly(dst)
-        results = evaluate(facts, needs, self._incoming_mib(it), self.cfg.checks)
+        results = check_destination(facts, needs, self._incoming_mib(it), self.cfg.checks)
         if with_address:
             results.append(self.reachable(self.uris[it.dst], 2.0))
         audit.emit(events.PRECHECK_COMPLETED, intent=it.id, vm=it.vm, host=it.dst, ok=not failed(results),

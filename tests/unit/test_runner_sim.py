@@ -340,7 +340,7 @@ def test_resolve_where_a_vm_runs() -> None:
 def test_prechecks_name_each_failure() -> None:
     from drctl.hypervisor import GuestSupport, HostCapacity
     from drctl.model.cluster import Host, HostState
-    from drctl.runner.prechecks import CheckPolicy, DestFacts, domain_needs, evaluate, summary
+    from drctl.runner.prechecks import CheckPolicy, DestFacts, domain_needs, check_destination, summary
 
     xml = domain_xml("p", GuestImage(Path("/k"), Path("/i")), 1024, Path("/c"),
                      cpu_xml="<cpu mode='custom'><model>Skylake</model></cpu>")
@@ -348,7 +348,7 @@ def test_prechecks_name_each_failure() -> None:
     assert needs.memory_mib == 1024 and needs.machine == "pc" and "Skylake" in needs.cpu_xml
     facts = DestFacts("h2", HostCapacity(4096, 2000, 4, "qemu64", "h2"), GuestSupport(frozenset({"q35"}), frozenset()),
                       frozenset(), frozenset(), False, Host("h2", 4096, 4, state=HostState.DEGRADED))
-    text = summary(evaluate(facts, needs, incoming_mib=600, policy=CheckPolicy()))
+    text = summary(check_destination(facts, needs, incoming_mib=600, policy=CheckPolicy()))
     for name in ("dest-healthy", "dest-memory", "cpu-compatible", "machine-type"):
         assert name in text
     assert "incoming 600" in text
