@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 COMMON_FIELDS = ("ts", "component", "level", "event", "prev")
@@ -153,6 +154,21 @@ STORE_WATCH_RESUMED = _ev("store.watch_resumed", "A broken watch was resumed fro
 STORE_WATCH_STOPPED = _ev("store.watch_stopped", "A watch could not be resumed and stopped.", "prefix error")
 
 SCHEMA: Mapping[str, EventSpec] = dict(_SPECS)
+
+
+class EvidenceSource(str, Enum):
+    """`kind` of evidence.recorded: where a piece of evidence that a host is dead came from."""
+
+    VERDICT = "verdict"  # the controller's health verdict (lease gone, witnesses)
+    FENCE = "fence"  # a fence agent confirmed the host is off
+
+
+class IncidentOutcome(str, Enum):
+    """`outcome` of incident.closed: how many of the incident's VMs were moved."""
+
+    RESOLVED = "resolved"  # all of them
+    PARTIAL = "partial"  # some
+    FAILED = "failed"  # none
 
 
 def missing_fields(event: Mapping[str, Any]) -> tuple[str, ...]:

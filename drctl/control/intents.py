@@ -23,7 +23,8 @@ from drctl.audit import writer as audit
 
 from drctl.audit import events
 from drctl.model.errors import PermanentError
-from drctl.model.cluster import IntentKind, IntentState, Limits, Move, check_transition
+from drctl.model.cluster import (DEFAULT_ESCALATION, EscalationStep, IntentKind, IntentState, Limits, Move,
+                                 check_transition, escalation_steps)
 from drctl.store import Compare, Delete, Put, Store
 from drctl.store.keys import Keys
 
@@ -41,7 +42,7 @@ class IntentParams:
 
     bandwidth_mibs: int = 64
     max_downtime_ms: int = 300
-    escalation: tuple[str, ...] = ("raise-downtime", "auto-converge", "post-copy", "abort")
+    escalation: tuple[EscalationStep, ...] = DEFAULT_ESCALATION
     copy_storage: bool = False  # VM on host-local disks
     timeout_s_per_gib: float = 120.0
     postcopy_bandwidth_mibs: int = 0  # 0 = same as bandwidth_mibs
@@ -100,7 +101,7 @@ class Intent:
     def from_json(raw: bytes, revision: int = 0) -> "Intent":
         d: dict[str, Any] = json.loads(raw)
         p = d.pop("params", {}) or {}
-        params = IntentParams(**{**p, "escalation": tuple(p.get("escalation", IntentParams.escalation))})
+        params = IntentParams(**{**p, "escalation": escalation_steps(p.get("escalation", IntentParams.escalation))})
         hist = tuple(Transition(h["ts"], h["from"], h["to"], h["attempt"], h["reason"], h["dst"], h.get("by", ""))
                      for h in d.pop("history", []))
         return Intent(

@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 from typing import Callable
 
+from drctl.audit import events
 from drctl.audit import writer as audit
 from drctl.clock import SystemClock
 from drctl.control.view import build_snapshot, read_cluster, verdicts_of
@@ -100,7 +101,7 @@ def run(cfg: Config, store: Store, stop: threading.Event, echo: Echo) -> None:
         threads.append(threading.Thread(target=_run_runner, args=(runner, stop), name="runner", daemon=True))
     for t in threads:
         t.start()
-    audit.emit("controller.started", name=cc.name, policy=policy.name, runner=bool(runner))
+    audit.emit(events.CONTROLLER_STARTED, name=cc.name, policy=policy.name, runner=bool(runner))
     echo(f"{cc.name}: controller started (policy {policy.name}, runner {'on' if runner else 'off'})")
     try:
         loop.run(stop)
@@ -115,7 +116,7 @@ def _refresh_forever(cache: ClusterCache, stop: threading.Event) -> None:
         try:
             cache.refresh()
         except DrctlError as e:
-            audit.warn("controller.view_failed", error=str(e))
+            audit.warn(events.CONTROLLER_VIEW_FAILED, error=str(e))
         stop.wait(1.0)
 
 
@@ -124,5 +125,5 @@ def _run_runner(runner, stop: threading.Event) -> None:  # type: ignore[no-untyp
         try:
             runner.run_forever(stop)
         except DrctlError as e:  # etcd outage: report, wait, carry on
-            audit.warn("runner.paused", error=str(e))
+            audit.warn(events.RUNNER_PAUSED, error=str(e))
             stop.wait(1.0)

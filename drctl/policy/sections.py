@@ -6,10 +6,11 @@ they exist); omitted keys keep the safe defaults of PlacementRules / Limits.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from enum import Enum
 
 import yaml
 
-from drctl.model.cluster import HostSelector, Limits, PlacementRules, SpareMode, VMSelector
+from drctl.model.cluster import EscalationStep, HostSelector, Limits, PlacementRules, SpareMode, VMSelector
 from drctl.policy.reader import Reader, join
 from drctl.policy.rules import read_name
 from drctl.policy.selectors import host_selector, vm_selector
@@ -21,15 +22,31 @@ PLACEMENT_KEYS = ("memory_headroom", "failure_domain", "spread_groups_across_dom
 LIMITS_KEYS = ("concurrency", "bandwidth", "max_downtime", "timeout_per_gib", "escalation", "blast_radius")
 EVIDENCE_KEYS = ("require", "witness_quorum", "fence_agent")
 REBALANCE_KEYS = ("target_spread", "max_moves")
-HOST_RULES = ("must", "prefer", "must-not", "avoid")
-ESCALATION_STEPS = ("raise-downtime", "auto-converge", "post-copy", "abort")
+
+
+class HostRuleKind(str, Enum):
+    """`rule` of a `placement.host_affinity` entry."""
+
+    MUST = "must"  # only on these hosts
+    PREFER = "prefer"  # these hosts first
+    MUST_NOT = "must-not"  # never on these hosts
+    AVOID = "avoid"  # these hosts last
+
+    @property
+    def positive(self) -> bool:
+        """Toward the hosts (must, prefer) rather than away from them (must-not, avoid)."""
+        return self in (HostRuleKind.MUST, HostRuleKind.PREFER)
+
+    @property
+    def required(self) -> bool:
+        return self in (HostRuleKind.MUST, HostRuleKind.MUST_NOT)
 
 
 @dataclass(frozen=True)
 class HostRule:
     """One `placement.host_affinity` entry as written, before conflict checks compile it."""
 
-    kind: str  # one of HOST_RULES
+    kind: HostRuleKind
     vms: VMSelector
     hosts: HostSelector
     node: yaml.Node
@@ -96,7 +113,7 @@ def _host_rule(r: Reader, node: yaml.Node, path: str) -> HostRule:
     missing = [k for k in ("vms", "hosts", "rule") if k not in f]
     if missing:
         raise r.fail(node, path, f"missing required key {missing[0]!r}")
-    kind = r.choice(f["rule"], join(path, "rule"), HOST_RULES)
+    kind = HostRuleKind(r.choice(f["rule"], join(path, "rule"), [k.value for k in HostRuleKind]))
     vms = vm_selector(r, f["vms"], join(path, "vms"))
     hosts = host_selector(r, f["hosts"], join(path, "hosts"))
     if hosts == HostSelector():
@@ -197,10 +214,11 @@ def _escalation(r: Reader, node: yaml.Node, path: str) -> Escalation:
     steps = e.steps
     if "steps" in f:
         steps = tuple(r.each(f["steps"], join(path, "steps"),
-                             lambda n, p: r.choice(n, p, ESCALATION_STEPS), scalar_ok=True))
+                             lambda n, p: EscalationStep(r.choice(n, p, [s.value for s in EscalationStep])),
+                             scalar_ok=True))
         if len(set(steps)) != len(steps):
             raise r.fail(f["steps"], join(path, "steps"), "a step is listed twice")
-        if "abort" in steps and steps[-1] != "abort":
+        if EscalationStep.ABORT in steps and steps[-1] is not EscalationStep.ABORT:
             raise r.fail(f["steps"], join(path, "steps"), "steps after 'abort' would never run: put abort last")
     stall = _positive_duration(r, f["stall_after"], join(path, "stall_after")) if "stall_after" in f else e.stall_s
     progress = r.parsed(f["min_progress"], join(path, "min_progress"), parse_percent) if "min_progress" in f else e.min_progress_pct

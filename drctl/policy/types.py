@@ -11,6 +11,8 @@ from enum import Enum
 from typing import Iterable
 
 from drctl.model.cluster import (
+    DEFAULT_ESCALATION,
+    EscalationStep,
     Host,
     HostSelector,
     HostState,
@@ -155,7 +157,7 @@ class Group:
 class Escalation:
     """What the runner tries, in order, when a live migration does not converge."""
 
-    steps: tuple[str, ...] = ("raise-downtime", "auto-converge", "post-copy", "abort")
+    steps: tuple[EscalationStep, ...] = DEFAULT_ESCALATION
     stall_s: float = 30.0  # no progress in remaining bytes for this long = stalled
     min_progress_pct: float = 1.0  # less progress than this per stall_s counts as none
     max_downtime_ms: int = 2000  # ceiling for raise-downtime

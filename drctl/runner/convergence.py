@@ -11,8 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from drctl.hypervisor import JobStats
-
-STEPS = ("raise-downtime", "auto-converge", "post-copy", "abort")
+from drctl.model.cluster import EscalationStep, escalation_steps
 
 
 @dataclass
@@ -66,15 +65,16 @@ def _mib(b: int | None) -> str:
     return "?" if b is None else f"{b / 2**20:.1f}"
 
 
-def next_step(escalation: tuple[str, ...], taken: list[str], postcopy_started: bool) -> str:
-    """The next escalation step the policy allows; "abort" when the list is used up.
+def next_step(escalation: tuple[str, ...], taken: list[EscalationStep],
+              postcopy_started: bool) -> EscalationStep | None:
+    """The next escalation step the policy allows; ABORT when the list is used up.
 
     After post-copy has started there is nothing left to escalate: aborting would lose
-    the guest (its state is split between the hosts), so "wait".
+    the guest (its state is split between the hosts), so None: wait.
     """
     if postcopy_started:
-        return "wait"
-    for step in escalation:
-        if step not in taken and step in STEPS:
+        return None
+    for step in escalation_steps(escalation):
+        if step not in taken:
             return step
-    return "abort"
+    return EscalationStep.ABORT

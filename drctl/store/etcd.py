@@ -30,6 +30,7 @@ import etcd3.exceptions as etcd_exc
 import etcd3.utils
 import grpc
 
+from drctl.audit import events
 from drctl.audit import writer as audit
 from drctl.model.errors import (
     ConfigError,
@@ -511,7 +512,7 @@ class EtcdWatch:
                 self._cancelled.wait(backoff)
                 backoff = min(backoff * 2, _WATCH_BACKOFF_MAX)
                 continue
-            audit.emit("store.watch_resumed", prefix=self.prefix, from_revision=self._next_revision,
+            audit.emit(events.STORE_WATCH_RESUMED, prefix=self.prefix, from_revision=self._next_revision,
                        attempts=attempts, cause=_reason(cause) if isinstance(cause, BaseException) else "closed")
             return True
         return False
@@ -520,7 +521,7 @@ class EtcdWatch:
         self.error = error
         self._cancelled.set()
         self._store._forget(self)
-        audit.warn("store.watch_stopped", prefix=self.prefix, error=str(error))
+        audit.warn(events.STORE_WATCH_STOPPED, prefix=self.prefix, error=str(error))
         run_callback("on_error", self._on_error, error, prefix=self.prefix)
 
 
