@@ -11,7 +11,7 @@ from rich.table import Table
 from drctl.lab import cluster
 
 
-def lab_options(fn):  # type: ignore[no-untyped-def]
+def lab_options(fn):
     """Options every lab command shares; defaults from DRCTL_LAB_* environment variables."""
     fn = click.option("--dir", "lab_dir", type=click.Path(path_type=Path), envvar="DRCTL_LAB_DIR",
                       default=str(cluster.LabConfig.dir), show_default=True, help="lab directory")(fn)

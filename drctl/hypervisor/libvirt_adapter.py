@@ -95,7 +95,7 @@ def _stats(raw: dict[str, object], active: bool) -> JobStats:
         elapsed_ms=i("time_elapsed"),
         downtime_ms=int(downtime) if isinstance(downtime, (int, float)) else None,
         raw=dict(raw),
-        **{k: i(k) for k in _SAME_NAME},  # type: ignore[arg-type]
+        **{k: i(k) for k in _SAME_NAME},
     )
 
 

@@ -180,7 +180,7 @@ def _is_spare(host: Host, rules: PlacementRules) -> bool:
     return rules.spare_hosts is not None and rules.spare_hosts.matches(host)
 
 
-def _class_key(host: Host, rules: PlacementRules, exclude: frozenset[str]) -> tuple:
+def _class_key(host: Host, rules: PlacementRules, exclude: frozenset[str]) -> tuple[object, ...]:
     return (
         host.name in exclude,
         host.state,
@@ -337,7 +337,7 @@ class _Index:
 
     def __init__(self, snap: Snapshot, rules: PlacementRules, exclude: frozenset[str], ledger: Ledger) -> None:
         self.snap, self.rules, self.exclude, self.ledger = snap, rules, exclude, ledger
-        self.classes: dict[tuple, _HostClass] = {}
+        self.classes: dict[tuple[object, ...], _HostClass] = {}
         self.class_of: dict[str, _HostClass] = {}
         self._keys: dict[str, tuple[tuple[float, str], tuple[float, str]]] = {}
         self._usable: dict[_Needs, list[tuple[float, _HostClass]]] = {}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from enum import Enum
+from typing import Any, Callable
 
 import yaml
 
@@ -70,7 +71,7 @@ def read_placement(r: Reader, node: yaml.Node | None, path: str) -> Placement:
         return Placement(rules)
     f = r.mapping(node, path, PLACEMENT_KEYS)
     sub = _sub(path)
-    changes: dict[str, object] = {}
+    changes: dict[str, Any] = {}  # field name -> value, for dataclasses.replace
     if "memory_headroom" in f:
         changes["memory_headroom_pct"] = r.attempt(lambda: _headroom(r, f["memory_headroom"], sub("memory_headroom")), 10.0)
     if "failure_domain" in f:
@@ -121,7 +122,7 @@ def _host_rule(r: Reader, node: yaml.Node, path: str) -> HostRule:
     return HostRule(kind, vms, hosts, node, path)
 
 
-def _groups(r: Reader, node: yaml.Node, path: str):
+def _groups(r: Reader, node: yaml.Node, path: str) -> tuple[tuple[tuple[Group, yaml.Node, str], ...], ...]:
     f = r.mapping(node, path, ("affinity", "anti_affinity"))
     seen: set[str] = set()
 
@@ -150,7 +151,7 @@ def read_limits(r: Reader, node: yaml.Node | None, path: str) -> tuple[Limits, E
         return Limits(), Escalation(), BlastRadius()
     f = r.mapping(node, path, LIMITS_KEYS)
     sub = _sub(path)
-    changes: dict[str, object] = {}
+    changes: dict[str, Any] = {}  # field name -> value, for dataclasses.replace
     if "concurrency" in f:
         changes.update(r.attempt(lambda: _concurrency(r, f["concurrency"], sub("concurrency")), {}))
     if "bandwidth" in f:
@@ -270,6 +271,6 @@ def read_rebalance(r: Reader, node: yaml.Node | None, path: str) -> tuple[Rebala
     return Rebalance(target_spread_pct=spread, max_moves=moves), f.get("target_spread")
 
 
-def _sub(path: str):
+def _sub(path: str) -> Callable[[str], str]:
     return lambda key: join(path, key)
 

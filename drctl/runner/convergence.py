@@ -9,9 +9,19 @@ whole migration ran past its completion timeout (per GiB).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from drctl.hypervisor import JobStats
 from drctl.model.cluster import EscalationStep, escalation_steps
+
+
+class IterationSample(Protocol):
+    """The two figures of a migration job sample the detector needs (the hypervisor seam's
+    JobStats has them); a protocol, so this pure module need not import the hypervisor seam."""
+
+    @property
+    def memory_iteration(self) -> int: ...  # pre-copy pass number, 1 = the first full pass
+    @property
+    def memory_remaining(self) -> int: ...  # bytes still to send in this pass
 
 
 @dataclass
@@ -32,7 +42,7 @@ class StallDetector:
         """After an escalation step: give it K fresh iterations to show an effect."""
         self._best, self._best_iteration, self._best_at = None, self._iteration, now
 
-    def observe(self, stats: JobStats, now: float) -> str | None:
+    def observe(self, stats: IterationSample, now: float) -> str | None:
         """Feed one sample; a reason string when the migration is stalled, else None."""
         if not self._best_at:
             self._best_at = now

@@ -331,8 +331,8 @@ class EtcdStore(DerivedOps):
 
     def _forget(self, item: EtcdLease | EtcdWatch) -> None:
         with self._lock:
-            self._leases.discard(item)  # type: ignore[arg-type]
-            self._watches.discard(item)  # type: ignore[arg-type]
+            self._leases.discard(item)
+            self._watches.discard(item)
 
 
 class EtcdLease:
