@@ -157,6 +157,7 @@ class Lab:
 
             state = LabState.load(self.cfg)
             started = start_host_processes(self.cfg, state, state.hosts[host])
+        self.state = state  # the new pids: `is_on` must look at these
         return f"started {', '.join(started) or 'nothing (already on)'}"
 
 
