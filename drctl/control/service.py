@@ -18,6 +18,7 @@ from drctl.control.view import build_snapshot, read_cluster, verdicts_of
 from drctl.config.settings import Config
 from drctl.control.tick import Settings
 from drctl.control.loop import ControllerLoop
+from drctl.control.plugins import load_guest_health
 from drctl.model.errors import ConfigError, DrctlError
 from drctl.fencing.agents import FenceAgent, make_agent
 from drctl.model.cluster import Host, Snapshot
@@ -83,12 +84,7 @@ def run(cfg: Config, store: Store, stop: threading.Event, echo: Echo) -> None:
     cache.refresh()
     runner = None
     if cc.runner_enabled:
-        health = None
-        if cc.guest_health == "lab":
-            from drctl.lab.cluster import LabConfig
-            from drctl.lab.console_health import ConsoleTicks
-
-            health = ConsoleTicks(LabConfig(dir=Path(cc.lab_dir)))
+        health = load_guest_health(cc.guest_health, f"{cfg.path}: controller.guest_health")
         runner = Runner(store, keys, cache.uris, lambda uri: connect(uri, timeout_s=15), SystemClock(),
                         RunnerConfig(runner_id=cc.name, limits=policy.limits, lease_ttl_s=cc.runner_lease_ttl_s),
                         health=health, host_state=cache.host)
