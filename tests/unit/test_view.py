@@ -1,0 +1,73 @@
+"""One cluster view per tick (issue 11.4): the controller loop reads etcd once per tick,
+builds typed records, verdicts and snapshot from that read, and the runner of the same
+process takes host URIs and states from it."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from drctl.audit import writer as audit
+from drctl.clock import SimClock
+from drctl.control.view import SharedView
+from drctl.model.cluster import HostState
+from drctl.runner.executor import Runner, RunnerConfig
+from tests.unit.test_controller_loop_sim import Cluster, leader
+
+
+def _count_prefix_reads(cluster: Cluster) -> dict[str, int]:
+    reads: dict[str, int] = {}
+    real = cluster.store.get_prefix
+
+    def counting(prefix: str) -> Any:
+        reads[prefix] = reads.get(prefix, 0) + 1
+        return real(prefix)
+
+    cluster.store.get_prefix = counting  # type: ignore[method-assign]
+    return reads
+
+
+def test_a_tick_reads_the_cluster_once() -> None:
+    cluster = Cluster()
+    loop, lead = leader(cluster)
+    reads = _count_prefix_reads(cluster)
+    assert loop.tick_once(lead) == "all 3 hosts steady; nothing to do"  # type: ignore[arg-type]
+    data = {p: n for p, n in reads.items() if not p.startswith(cluster.keys.leader_prefix())}
+    assert data == {cluster.keys.prefix: 1}  # before: the whole prefix, then incidents/ again
+
+
+def test_the_runner_reads_uris_and_host_states_from_the_loops_view() -> None:
+    cluster = Cluster()
+    loop, lead = leader(cluster)
+    shared = loop.shared
+    runner = Runner(cluster.store, cluster.keys, shared.uris, lambda uri: None, cluster.clock,  # type: ignore[arg-type,return-value]
+                    RunnerConfig(runner_id="c1"), host_state=shared.host)
+    loop.tick_once(lead)  # type: ignore[arg-type]
+    assert dict(runner.uris) == {"h1": "sim://h1", "h2": "sim://h2", "h3": "sim://h3"}
+    assert runner.host_state("h2").state is HostState.HEALTHY  # type: ignore[union-attr]
+    # a host joins: its agent publishes an inventory; the runner knows it after the next tick
+    cluster.store.put(cluster.keys.inventory("h4"), json.dumps({"host": "h4", "uri": "sim://h4"}).encode())
+    loop.tick_once(lead)  # type: ignore[arg-type]
+    assert runner.uris["h4"] == "sim://h4"
+
+
+def test_an_unreadable_record_is_skipped_and_reported_once() -> None:
+    cluster = Cluster()
+    sink = audit.configure("test", clock=cluster.clock.now, keep_in_memory=True)
+    loop, lead = leader(cluster)
+    cluster.store.put(cluster.keys.inventory("h2"), b'{"host": "h2", "memory_total_mib": "lots"}')
+    cluster.store.put(cluster.keys.incident("inc-x"), b"not json")
+    for _ in range(3):
+        assert loop.tick_once(lead).startswith("all 3 hosts steady")  # type: ignore[arg-type]
+    bad = sorted((e["key"], e["field"]) for e in sink.lines if e["event"] == "record.unreadable")
+    assert bad == [(cluster.keys.inventory("h2"), "memory_total_mib"), (cluster.keys.incident("inc-x"), "")]
+
+
+def test_shared_view_without_a_loop() -> None:
+    cluster = Cluster()
+    shared = SharedView(cluster.store, cluster.keys, None)
+    assert shared.uris == {} and shared.host("h1") is None
+    view = shared.refresh(SimClock().now())
+    assert view.ok and shared.uri("h3") == "sim://h3" and set(view.verdicts) == {"h1", "h2", "h3"}
+    cluster.store.fail(True)
+    assert not shared.refresh(0.0).ok  # etcd down: an empty view that says so, no exception
+    assert shared.uri("h3") == "sim://h3"  # a URI once seen is kept
