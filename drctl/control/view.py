@@ -69,6 +69,8 @@ class ClusterRecords:
     placements: Mapping[str, PlacementRecord] = field(default_factory=dict)
     intents: tuple[Intent, ...] = ()  # every intent, terminal ones included
     incidents: tuple[Incident, ...] = ()  # every incident, closed ones included
+    # hosts whose health key exists (so their lease lives) but cannot be parsed: why
+    unreadable_health: Mapping[str, str] = field(default_factory=dict)
 
 
 def records_from(kvs: Iterable[KV], keys: Keys, revision: int = 0) -> ClusterRecords:
@@ -82,6 +84,7 @@ def records_from(kvs: Iterable[KV], keys: Keys, revision: int = 0) -> ClusterRec
     plc: dict[str, PlacementRecord] = {}
     intents: list[Intent] = []
     incidents: list[Incident] = []
+    bad_health: dict[str, str] = {}
     for kv in kvs:
         try:
             if kv.key.startswith(keys.hosts_prefix()):
@@ -91,7 +94,13 @@ def records_from(kvs: Iterable[KV], keys: Keys, revision: int = 0) -> ClusterRec
                 host, rest = parsed
                 hosts.add(host)
                 if rest == "health":
-                    health[host] = parse_health(kv.key, kv.value, kv.lease)
+                    try:
+                        health[host] = parse_health(kv.key, kv.value, kv.lease)
+                    except RecordError as e:
+                        # the key is bound to the agent's lease: present = the host lives,
+                        # whatever a newer agent wrote in it; never read it as "lease gone"
+                        bad_health[host] = str(e)
+                        raise
                 elif rest.startswith("witness/"):
                     witnesses.setdefault(host, {})[rest.removeprefix("witness/")] = parse_witness(kv.key, kv.value)
                 elif rest == "inventory":
@@ -116,7 +125,7 @@ def records_from(kvs: Iterable[KV], keys: Keys, revision: int = 0) -> ClusterRec
         except RecordError as e:
             report_unreadable(e)
     return ClusterRecords(revision, frozenset(hosts), health, witnesses, inv, maint, defs, plc, tuple(intents),
-                          tuple(incidents))
+                          tuple(incidents), bad_health)
 
 
 def read_records(store: Store, keys: Keys) -> ClusterRecords:
@@ -131,8 +140,12 @@ def read_records(store: Store, keys: Keys) -> ClusterRecords:
 def host_verdicts(records: ClusterRecords, quorum: int | None, now: float) -> dict[str, HostVerdict]:
     """Every host's state. quorum: a fixed number of witnesses that must confirm a host
     dead, or None for a majority of the witnesses it has (drctl.health.grading.quorum_for)."""
-    return {h: host_state(h, records.health.get(h), records.witnesses.get(h, {}), quorum, now)
-            for h in sorted(records.hosts)}
+    out = {h: host_state(h, records.health.get(h), records.witnesses.get(h, {}), quorum, now)
+           for h in sorted(records.hosts)}
+    for h, why in records.unreadable_health.items():
+        out[h] = HostVerdict(h, HostState.UNREACHABLE, f"health record present (lease lives) but unreadable: {why}",
+                             (f"unreadable health record: {why}",), lease_present=True)
+    return out
 
 
 def host_states_from(kvs: Iterable[KV], keys: Keys, quorum: int | None, now: float) -> dict[str, HostVerdict]:

@@ -71,3 +71,17 @@ def test_shared_view_without_a_loop() -> None:
     cluster.store.fail(True)
     assert not shared.refresh(0.0).ok  # etcd down: an empty view that says so, no exception
     assert shared.uri("h3") == "sim://h3"  # a URI once seen is kept
+
+
+def test_an_unreadable_health_record_still_proves_the_lease() -> None:
+    cluster = Cluster()
+    loop, lead = leader(cluster)
+    # a newer agent writes a grade this controller does not know; its witnesses cannot
+    # reach it either: without the rule it would read as "lease gone" and be DEAD
+    cluster.report(down=("h1",))
+    raw = json.loads(cluster.store.get(cluster.keys.health("h2")).value)  # type: ignore[union-attr]
+    cluster.store.put(cluster.keys.health("h1"), json.dumps({**raw, "host": "h1", "grade": "critical"}).encode(),
+                      lease=cluster.leases["h1"].id)
+    loop.tick_once(lead)  # type: ignore[arg-type]
+    verdict = loop.shared.latest.verdicts["h1"]
+    assert verdict.state is HostState.UNREACHABLE and verdict.lease_present and "unreadable" in verdict.reason
