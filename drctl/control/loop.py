@@ -20,7 +20,8 @@ from drctl.audit import writer as audit
 
 from drctl.audit import events
 from drctl.clock import Clock, SystemClock
-from drctl.control.view import ClusterRecords, ClusterView, SharedView, configured_quorum, parse_incident
+from drctl.control.view import (ClusterRecords, ClusterView, SharedView, configured_quorum, parse_incident,
+                                short_of_quorum)
 from drctl.control.tick import (
     CloseIncident,
     Decision,
@@ -73,6 +74,7 @@ class LoopState:
     last_sentence: str = ""
     fencing: set[str] | None = None
     duplicates: set[tuple[str, tuple[str, ...]]] = field(default_factory=set)  # reported once each
+    short_of_quorum: dict[str, int] = field(default_factory=dict)  # host -> witnesses, reported once
 
 
 class ControllerLoop:
@@ -151,6 +153,7 @@ class ControllerLoop:
                                reason=verdicts[h].reason if h in verdicts else "")
                 self.state.state_since[h] = (host.state, now)
             held[h] = now - self.state.state_since[h][1]
+        self._warn_short_of_quorum(records)
         incidents, recently_closed = self._incidents(cluster, now)
         intents = tuple(IntentView(i.id, i.incident, i.vm, i.src, i.dst, i.state, i.kind)
                         for i in records.intents if i.incident in incidents or not i.state.terminal)
@@ -158,6 +161,17 @@ class ControllerLoop:
                     incidents=incidents, intents=intents, etcd_healthy=cluster.ok, age_s=0.0,
                     frozen=self.state.frozen, recently_closed=recently_closed)
         return view, records, snap
+
+    def _warn_short_of_quorum(self, records: ClusterRecords) -> None:
+        """A fixed quorum the cluster cannot meet is refused at start-up when the agents'
+        setting shows it; a cluster that is (or became) too small shows only here."""
+        short = short_of_quorum(records, self.shared.quorum)
+        for host, n in short.items():
+            if self.state.short_of_quorum.get(host) != n:
+                audit.warn("host.quorum_unreachable", host=host, witnesses=n, quorum=self.shared.quorum,
+                           reason=f"{host} has {n} witness(es), quorum is {self.shared.quorum}: it can never be "
+                                  f"declared dead")
+        self.state.short_of_quorum = short
 
     def _incidents(self, cluster: ClusterView, now: float) -> tuple[dict[str, Incident], dict[str, str]]:
         """Open incidents by id, and host -> outcome of incidents closed very recently."""

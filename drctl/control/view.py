@@ -148,6 +148,16 @@ def host_verdicts(records: ClusterRecords, quorum: int | None, now: float) -> di
     return out
 
 
+def short_of_quorum(records: ClusterRecords, quorum: int | None) -> dict[str, int]:
+    """host -> its witness count, for hosts with fewer witnesses than a fixed quorum: such
+    a host can never be declared dead (a cluster smaller than the configuration assumed,
+    or witnesses gone). Empty with the default quorum, a majority of what each host has."""
+    if quorum is None:
+        return {}
+    counts = {h: len(records.witnesses.get(h, {})) for h in sorted(records.hosts)}
+    return {h: n for h, n in counts.items() if n < quorum}
+
+
 def host_states_from(kvs: Iterable[KV], keys: Keys, quorum: int | None, now: float) -> dict[str, HostVerdict]:
     """Verdicts for every host that has any record among `kvs` (the hosts prefix)."""
     return host_verdicts(records_from(kvs, keys), quorum, now)

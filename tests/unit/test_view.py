@@ -85,3 +85,14 @@ def test_an_unreadable_health_record_still_proves_the_lease() -> None:
     loop.tick_once(lead)  # type: ignore[arg-type]
     verdict = loop.shared.latest.verdicts["h1"]
     assert verdict.state is HostState.UNREACHABLE and verdict.lease_present and "unreadable" in verdict.reason
+
+
+def test_a_fixed_quorum_the_cluster_cannot_meet_is_reported_once() -> None:
+    cluster = Cluster()  # 3 hosts, each witnessed by the 2 others
+    sink = audit.configure("test", clock=cluster.clock.now, keep_in_memory=True)
+    loop, lead = leader(cluster)
+    loop.shared.quorum = 3
+    for _ in range(3):
+        loop.tick_once(lead)  # type: ignore[arg-type]
+    warned = [e for e in sink.lines if e["event"] == "host.quorum_unreachable"]
+    assert sorted(e["host"] for e in warned) == ["h1", "h2", "h3"] and warned[0]["witnesses"] == 2
