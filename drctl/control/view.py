@@ -280,12 +280,15 @@ class SharedView:
 
     `uris` is a live read-only mapping: a host joins as soon as a view lists its URI, and
     a URI once seen is kept (an inventory that turns unreadable must not strand a move).
+    `host` answers from the latest view etcd could be read for: during an outage the
+    runner keeps what it knew, while the loop's tick sees the outage (`latest.ok`).
     """
 
     def __init__(self, store: Store, keys: Keys, quorum: int | None) -> None:
         self.store, self.keys, self.quorum = store, keys, quorum
         self._lock = threading.Lock()
         self._view = ClusterView()
+        self._last_ok = self._view
         self._uris: dict[str, str] = {}
         self.uris: Mapping[str, str] = _LiveUris(self)
 
@@ -298,6 +301,8 @@ class SharedView:
     def publish(self, view: ClusterView) -> None:
         with self._lock:
             self._view = view
+            if view.ok:
+                self._last_ok = view
             self._uris.update(view.uris())
 
     @property
@@ -306,7 +311,8 @@ class SharedView:
             return self._view
 
     def host(self, name: str) -> Host | None:
-        return self.latest.host(name)
+        with self._lock:
+            return self._last_ok.host(name)
 
     def uri(self, host: str) -> str | None:
         with self._lock:

@@ -71,6 +71,7 @@ def test_shared_view_without_a_loop() -> None:
     cluster.store.fail(True)
     assert not shared.refresh(0.0).ok  # etcd down: an empty view that says so, no exception
     assert shared.uri("h3") == "sim://h3"  # a URI once seen is kept
+    assert shared.host("h3") is not None  # and the runner keeps the last view etcd gave
 
 
 def test_an_unreadable_health_record_still_proves_the_lease() -> None:
