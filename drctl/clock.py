@@ -5,7 +5,7 @@ from __future__ import annotations
 import heapq
 import threading
 import time
-from typing import Protocol
+from typing import Callable, Protocol
 
 
 class Clock(Protocol):
@@ -40,7 +40,7 @@ class SimClock:
     def __init__(self, start: float = 1_700_000_000.0) -> None:
         self._t = start
         self._start = start
-        self._timers: list[tuple[float, int, object]] = []
+        self._timers: list[tuple[float, int, Callable[[], object]]] = []
         self._seq = 0
         self._lock = threading.Lock()
 
@@ -53,7 +53,7 @@ class SimClock:
     def sleep(self, seconds: float) -> None:
         self.advance(max(0.0, seconds))
 
-    def call_at(self, when: float, fn: object) -> None:
+    def call_at(self, when: float, fn: Callable[[], object]) -> None:
         with self._lock:
             self._seq += 1
             heapq.heappush(self._timers, (when, self._seq, fn))
@@ -66,5 +66,5 @@ class SimClock:
                     break
                 when, _, fn = heapq.heappop(self._timers)
             self._t = max(self._t, when)
-            fn()  # type: ignore[operator]
+            fn()
         self._t = target

@@ -2,7 +2,7 @@
 
 Every component emits through `drctl.audit.writer.emit(events.X, **fields)`; `drctl postmortem`,
 `drctl audit show` and `drctl replay` read these names back, so a renamed event or a
-missing id silently drops facts from a report. README.md ("The audit trail") explains each event at
+missing id silently drops facts from a report. docs/audit.md explains each event at
 length; this module is the machine-readable copy (tests check the two agree).
 
 Fields every line has (added by drctl.audit.writer): ts, component, level, event, prev.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 COMMON_FIELDS = ("ts", "component", "level", "event", "prev")
@@ -41,6 +42,9 @@ HOST_HEARTBEAT_LOST = _ev("host.heartbeat_lost", "A host's agent lease expired: 
                           "host", "lease last_seen ttl_s")
 WITNESS_REPORTED = _ev("witness.reported", "A peer (witness) reported whether it can still reach a host.",
                        "host witness reachable", "detail lease_seen")
+HOST_QUORUM_UNREACHABLE = _ev("host.quorum_unreachable",
+                              "A host has fewer witnesses than the fixed witness quorum: it can never be declared dead.",
+                              "host witnesses quorum", "reason")
 
 HEALTH_GRADED = _ev("health.graded", "A host's agent graded its own health anew (the earliest sign of trouble).",
                     "host from to reason", "probe value threshold")
@@ -77,6 +81,8 @@ CONTROLLER_RESUMED = _ev("controller.resumed", "The controller acts again after 
                          "term reason")
 CONTROLLER_STARTED = _ev("controller.started", "A controller replica process started.", "name policy runner")
 CONTROLLER_VIEW_FAILED = _ev("controller.view_failed", "A tick could not read the cluster.", "error")
+RECORD_UNREADABLE = _ev("record.unreadable", "A record in etcd could not be parsed; it is skipped, reported once.",
+                        "key error", "field")
 CONTROLLER_DECISION_FAILED = _ev("controller.decision_failed", "Carrying out one decision of a tick failed.",
                                  "decision error")
 ELECTION_CAMPAIGNED = _ev("election.campaigned", "A replica put its key in the leader election.",
@@ -153,6 +159,21 @@ STORE_WATCH_RESUMED = _ev("store.watch_resumed", "A broken watch was resumed fro
 STORE_WATCH_STOPPED = _ev("store.watch_stopped", "A watch could not be resumed and stopped.", "prefix error")
 
 SCHEMA: Mapping[str, EventSpec] = dict(_SPECS)
+
+
+class EvidenceSource(str, Enum):
+    """`kind` of evidence.recorded: where a piece of evidence that a host is dead came from."""
+
+    VERDICT = "verdict"  # the controller's health verdict (lease gone, witnesses)
+    FENCE = "fence"  # a fence agent confirmed the host is off
+
+
+class IncidentOutcome(str, Enum):
+    """`outcome` of incident.closed: how many of the incident's VMs were moved."""
+
+    RESOLVED = "resolved"  # all of them
+    PARTIAL = "partial"  # some
+    FAILED = "failed"  # none
 
 
 def missing_fields(event: Mapping[str, Any]) -> tuple[str, ...]:

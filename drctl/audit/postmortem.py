@@ -10,10 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from enum import Enum
 from typing import Any
 
 from drctl.audit import events as ev
-from drctl.audit.reader import Event, Problem, intents_of, parse_ts
+from drctl.audit.reader import Event, UnreadableLine, intents_of, parse_ts
+from drctl.model.cluster import IntentKind, IntentState
 
 # Events about a host or the controller carry no incident id; they belong to an incident
 # when they concern its host (or any host, for the controller) within its time window.
@@ -28,9 +30,21 @@ class IncidentNotFound(LookupError):
     pass
 
 
+class PhaseName(str, Enum):
+    """The stretches of an incident the report measures."""
+
+    DETECTION = "detection"  # first sign -> incident opened
+    EVIDENCE = "evidence"  # first -> last piece of evidence a host is dead
+    FENCING = "fencing"  # fence requested -> confirmed (or failed)
+    DECISION = "decision"  # opened (or fenced) -> last intent written
+    EXECUTION = "execution"  # first move started -> last ended
+    TOTAL = "total"  # first sign -> incident closed
+    FREEZE = "freeze"  # controller frozen -> resumed
+
+
 @dataclass(frozen=True)
 class Phase:
-    name: str
+    name: PhaseName
     start: datetime
     end: datetime
 
@@ -39,13 +53,21 @@ class Phase:
         return (self.end - self.start).total_seconds()
 
 
+class SegmentKind(str, Enum):
+    """What one stretch of a VM's move on the timeline was."""
+
+    MIGRATE = "migrate"  # a live migration that reached verification
+    RESTART = "restart"  # a restart elsewhere that reached verification
+    FAILED = "failed"  # an attempt that did not
+
+
 @dataclass(frozen=True)
 class Segment:
     """One stretch of a VM's move on the timeline: a migration attempt or a restart."""
 
     start: datetime
     end: datetime
-    kind: str  # "migrate" | "restart" | "failed"
+    kind: SegmentKind
     attempt: int
     dst: str
 
@@ -54,10 +76,10 @@ class Segment:
 class VMOutcome:
     vm: str
     intent: str
-    kind: str  # "migrate" | "restart"
+    kind: IntentKind
     src: str
     dst: str
-    state: str  # last intent state; "done" when it worked
+    state: IntentState  # last intent state; DONE when it worked
     attempts: int
     started: datetime | None
     ended: datetime | None
@@ -74,7 +96,7 @@ class VMOutcome:
 
 
 @dataclass(frozen=True)
-class Candidate:
+class RecordedCandidate:
     host: str
     eligible: bool
     score: float | None
@@ -82,20 +104,36 @@ class Candidate:
 
 
 @dataclass(frozen=True)
-class Decision:
+class RecordedPlacement:
     ts: datetime
     vm: str
     src: str
     dst: str | None  # None: no eligible host
     score: float | None
     reason: str
-    candidates: tuple[Candidate, ...]
+    candidates: tuple[RecordedCandidate, ...]
+
+
+class AnomalyKind(str, Enum):
+    """What went other than planned during an incident."""
+
+    RETRY = "retry"  # a transient failure, retried
+    FAILURE = "failure"  # a migration attempt or an intent failed
+    ABORT = "abort"  # a migration or an intent was aborted
+    FALLBACK = "fallback"  # an intent moved on to its next destination
+    ESCALATION = "escalation"  # a non-converging migration took an escalation step
+    FREEZE = "freeze"  # the controller froze, resumed or lost leadership
+    FENCE = "fence"  # fencing failed
+    UNVERIFIED = "unverified"  # a moved VM could not be verified
+    UNPLACED = "unplaced"  # no eligible host for a VM
+    OUTCOME = "outcome"  # the incident closed other than resolved
+    UNFINISHED = "unfinished"  # an intent still open when the trail ends
 
 
 @dataclass(frozen=True)
 class Anomaly:
     ts: datetime
-    kind: str  # retry | failure | abort | fallback | escalation | freeze | fence | unverified | unplaced | outcome
+    kind: AnomalyKind
     vm: str
     text: str
 
@@ -113,7 +151,7 @@ class TimelineItem:
 class Report:
     incident: str
     host: str
-    kind: str  # "evacuate" | "restart" | ...
+    kind: str  # incident.opened's kind (control.tick.IncidentKind values), "" when not recorded
     trigger: str
     policy: str
     first_sign: datetime
@@ -124,12 +162,12 @@ class Report:
     what_done: str
     phases: tuple[Phase, ...]
     vms: tuple[VMOutcome, ...]
-    decisions: tuple[Decision, ...]
+    decisions: tuple[RecordedPlacement, ...]
     anomalies: tuple[Anomaly, ...]
     timeline: tuple[TimelineItem, ...]
     freezes: tuple[Phase, ...] = ()
     omitted_progress: int = 0
-    problems: tuple[Problem, ...] = ()
+    problems: tuple[UnreadableLine, ...] = ()
 
     @property
     def end(self) -> datetime:
@@ -183,7 +221,7 @@ def _first_sign(events: Sequence[Event], opened: Event) -> datetime:
 # ---------------------------------------------------------------- building the report
 
 
-def build_report(events: Sequence[Event], incident: str, problems: Sequence[Problem] = ()) -> Report:
+def build_report(events: Sequence[Event], incident: str, problems: Sequence[UnreadableLine] = ()) -> Report:
     """The postmortem model of `incident`. Raises IncidentNotFound."""
     evs = incident_events(events, incident)
     opened = _first(evs, ev.INCIDENT_OPENED)
@@ -229,10 +267,10 @@ def _what_done(evs: Sequence[Event], vms: Sequence[VMOutcome], closed: Event | N
     fenced = [e for e in evs if e.name == ev.FENCE_SUCCEEDED]
     if fenced:
         parts.append(f"fenced {fenced[0].get('host')} ({fenced[0].get('agent')})")
-    for kind, verb in (("migrate", "live-migrated"), ("restart", "restarted")):
-        mine = [v for v in vms if v.kind == kind]
+    for kind, verb in ((IntentKind.MIGRATE, "live-migrated"), (IntentKind.RESTART, "restarted")):
+        mine = [v for v in vms if v.kind is kind]
         if mine:
-            done = sum(v.state == "done" for v in mine)
+            done = sum(v.state is IntentState.DONE for v in mine)
             parts.append(f"{verb} {done} of {len(mine)} VMs")
     unplaced = sum(1 for e in evs if e.name == ev.PLACEMENT_FAILED)
     if unplaced:
@@ -244,25 +282,25 @@ def _what_done(evs: Sequence[Event], vms: Sequence[VMOutcome], closed: Event | N
 
 def _phases(evs: Sequence[Event], first_sign: datetime, opened: Event, closed: Event | None,
             vms: Sequence[VMOutcome]) -> list[Phase]:
-    phases = [Phase("detection", first_sign, opened.ts)]
+    phases = [Phase(PhaseName.DETECTION, first_sign, opened.ts)]
     evidence = [e.ts for e in evs if e.name == ev.EVIDENCE_RECORDED]
     if evidence:
-        phases.append(Phase("evidence", min(evidence), max(evidence)))
+        phases.append(Phase(PhaseName.EVIDENCE, min(evidence), max(evidence)))
     fence_start = _first(evs, ev.FENCE_REQUESTED)
     fence_end = _first(evs, ev.FENCE_SUCCEEDED) or _first(evs, ev.FENCE_FAILED)
     if fence_start:
-        phases.append(Phase("fencing", fence_start.ts, fence_end.ts if fence_end else fence_start.ts))
+        phases.append(Phase(PhaseName.FENCING, fence_start.ts, fence_end.ts if fence_end else fence_start.ts))
     created = [e.ts for e in evs if e.name in (ev.INTENT_CREATED, ev.PLACEMENT_FAILED)]
     if created:
         # a restart plan can only be made once fencing is confirmed: measure from there
         decide_from = fence_end.ts if fence_end and fence_end.ts < max(created) else opened.ts
-        phases.append(Phase("decision", decide_from, max(created)))
+        phases.append(Phase(PhaseName.DECISION, decide_from, max(created)))
     starts = [v.started for v in vms if v.started]
     ends = [v.ended for v in vms if v.ended]
     if starts and ends:
-        phases.append(Phase("execution", min(starts), max(ends)))
+        phases.append(Phase(PhaseName.EXECUTION, min(starts), max(ends)))
     last = closed.ts if closed else max(e.ts for e in evs)
-    phases.append(Phase("total", first_sign, last))
+    phases.append(Phase(PhaseName.TOTAL, first_sign, last))
     return phases
 
 
@@ -272,10 +310,10 @@ def _freezes(evs: Sequence[Event]) -> list[Phase]:
         if e.name == ev.CONTROLLER_FROZE and since is None:
             since = e.ts
         elif e.name == ev.CONTROLLER_RESUMED and since is not None:
-            out.append(Phase("freeze", since, e.ts))
+            out.append(Phase(PhaseName.FREEZE, since, e.ts))
             since = None
     if since is not None:
-        out.append(Phase("freeze", since, evs[-1].ts))
+        out.append(Phase(PhaseName.FREEZE, since, evs[-1].ts))
     return out
 
 
@@ -289,8 +327,9 @@ def _vm_outcome(evs: Sequence[Event], first_sign: datetime) -> VMOutcome:
     created = _first(evs, ev.INTENT_CREATED)
     head = created or evs[0]
     intent, vm, src, dst = head["intent"], str(head.get("vm", "?")), str(head.get("src", "")), str(head.get("dst", ""))
-    kind = str(created.get("kind", "migrate")) if created else "migrate"
-    state, attempts, started, ended, verified = "pending", 1, None, None, None
+    # an unknown kind was always drawn as a migration
+    kind = IntentKind.RESTART if created and created.get("kind") == IntentKind.RESTART.value else IntentKind.MIGRATE
+    state, attempts, started, ended, verified = IntentState.PENDING, 1, None, None, None
     segments: list[Segment] = []
     seg_start: tuple[datetime, int, str] | None = None
     stats: Event | None = None
@@ -300,16 +339,18 @@ def _vm_outcome(evs: Sequence[Event], first_sign: datetime) -> VMOutcome:
         attempts = max(attempts, int(e.get("attempt") or 1))
         dst = str(e.get("dst") or dst)
         if e.name == ev.INTENT_STATE_CHANGED:
-            state = str(e.get("to"))
+            to = _intent_state(e.get("to"))
+            state = to or state  # a state this version does not know leaves the last known one
             started = started or e.ts
-            if state == "migrating":
+            if to is IntentState.MIGRATING:
                 seg_start = (e.ts, int(e.get("attempt") or 1), dst)
-            elif seg_start is not None and e.get("from") == "migrating":
-                ok = state == "verifying"
-                seg_kind = ("restart" if kind == "restart" else "migrate") if ok else "failed"
+            elif seg_start is not None and _intent_state(e.get("from")) is IntentState.MIGRATING:
+                seg_kind = SegmentKind.FAILED
+                if to is IntentState.VERIFYING:
+                    seg_kind = SegmentKind.RESTART if kind is IntentKind.RESTART else SegmentKind.MIGRATE
                 segments.append(Segment(seg_start[0], e.ts, seg_kind, seg_start[1], seg_start[2]))
                 seg_start = None
-            if state in ("done", "failed", "aborted"):
+            if to is not None and to.terminal:
                 ended = e.ts
         elif e.name == ev.MIGRATION_STARTED:
             job_started[int(e.get("attempt") or 1)] = e.ts
@@ -320,7 +361,7 @@ def _vm_outcome(evs: Sequence[Event], first_sign: datetime) -> VMOutcome:
         elif e.name == ev.VM_VERIFIED:
             verified = bool(e.get("ok"))
     if seg_start is not None:  # still migrating when the trail ends
-        segments.append(Segment(seg_start[0], evs[-1].ts, "failed", seg_start[1], seg_start[2]))
+        segments.append(Segment(seg_start[0], evs[-1].ts, SegmentKind.FAILED, seg_start[1], seg_start[2]))
     switched_at = (stats or restarted).ts if (stats or restarted) else None
     total = _int(stats, "total_ms")
     job_start = job_started.get(int(stats.get("attempt") or 1)) if stats else None
@@ -329,7 +370,7 @@ def _vm_outcome(evs: Sequence[Event], first_sign: datetime) -> VMOutcome:
         # downtime) ends it. The runner notices a little later: draw libvirt's numbers.
         switched_at = job_start + timedelta(milliseconds=total)
         segments = [replace(s, start=job_start, end=switched_at)
-                    if s.kind == "migrate" and s.attempt == int(stats.get("attempt") or 1) else s  # type: ignore[union-attr]
+                    if s.kind is SegmentKind.MIGRATE and s.attempt == int(stats.get("attempt") or 1) else s  # type: ignore[union-attr]
                     for s in segments]
     return VMOutcome(
         vm=vm, intent=intent, kind=kind, src=src, dst=dst, state=state, attempts=attempts,
@@ -344,18 +385,18 @@ def _vm_outcome(evs: Sequence[Event], first_sign: datetime) -> VMOutcome:
     )
 
 
-def _decisions(evs: Sequence[Event]) -> list[Decision]:
+def _decisions(evs: Sequence[Event]) -> list[RecordedPlacement]:
     out = []
     for e in evs:
         if e.name not in (ev.PLACEMENT_DECIDED, ev.PLACEMENT_FAILED):
             continue
-        cands = tuple(Candidate(str(c.get("host", "?")), bool(c.get("eligible")), c.get("score"),
+        cands = tuple(RecordedCandidate(str(c.get("host", "?")), bool(c.get("eligible")), c.get("score"),
                                 tuple(str(r) for r in c.get("reasons") or ()))
                       for c in e.get("candidates") or () if isinstance(c, dict))
         dst = e.get("dst") if e.name == ev.PLACEMENT_DECIDED else None
         # the chosen host first, then the eligible by score, then the rejected
         cands = tuple(sorted(cands, key=lambda c: (c.host != dst, not c.eligible, -(c.score or 0.0), c.host)))
-        out.append(Decision(e.ts, str(e.get("vm", "?")), str(e.get("src", "")), dst, e.get("score"),
+        out.append(RecordedPlacement(e.ts, str(e.get("vm", "?")), str(e.get("src", "")), dst, e.get("score"),
                             str(e.get("reason", "")), cands))
     return out
 
@@ -369,44 +410,45 @@ def _anomalies(evs: Sequence[Event], vms: Sequence[VMOutcome]) -> list[Anomaly]:
             out.append(Anomaly(e.ts, a[0], vm, a[1]))
     for v in vms:
         if v.ended is None:
-            out.append(Anomaly(evs[-1].ts, "unfinished", v.vm, f"{v.vm}: intent {v.intent} still {v.state}"))
+            out.append(Anomaly(evs[-1].ts, AnomalyKind.UNFINISHED, v.vm, f"{v.vm}: intent {v.intent} still {v.state.value}"))
     return out
 
 
-def _anomaly_text(e: Event) -> tuple[str, str] | None:
+def _anomaly_text(e: Event) -> tuple[AnomalyKind, str] | None:
     g, vm = e.get, e.get("vm", "")
     if e.name == ev.RETRY_SCHEDULED:
-        return "retry", f"{vm}: retry after attempt {g('attempt')} in {g('sleep_s')} s ({g('error', '')})"
+        return AnomalyKind.RETRY, f"{vm}: retry after attempt {g('attempt')} in {g('sleep_s')} s ({g('error', '')})"
     if e.name == ev.MIGRATION_FAILED:
         how = "transient" if g("transient") else "permanent"
-        return "failure", f"{vm}: attempt {g('attempt')} to {g('dst')} failed (code {g('code', '?')}, {how}): {g('error')}"
+        return AnomalyKind.FAILURE, f"{vm}: attempt {g('attempt')} to {g('dst')} failed (code {g('code', '?')}, {how}): {g('error')}"
     if e.name == ev.MIGRATION_ABORTED:
-        return "abort", f"{vm}: migration aborted: {g('reason')}"
-    if e.name == ev.INTENT_STATE_CHANGED and g("to") in ("failed", "aborted"):
-        return ("abort" if g("to") == "aborted" else "failure"), f"{vm}: intent {g('to')}: {g('reason')}"
+        return AnomalyKind.ABORT, f"{vm}: migration aborted: {g('reason')}"
+    if e.name == ev.INTENT_STATE_CHANGED and (to := _intent_state(g("to"))) in (IntentState.FAILED,
+                                                                                  IntentState.ABORTED):
+        return (AnomalyKind.ABORT if to is IntentState.ABORTED else AnomalyKind.FAILURE), f"{vm}: intent {g('to')}: {g('reason')}"
     if e.name == ev.INTENT_RETARGETED:
-        return "fallback", f"{vm}: fell back from {g('old_dst')} to {g('dst')}: {g('reason')}"
+        return AnomalyKind.FALLBACK, f"{vm}: fell back from {g('old_dst')} to {g('dst')}: {g('reason')}"
     if e.name == ev.MIGRATION_ESCALATED:
-        return "escalation", f"{vm}: escalated to {g('step')}: {g('reason')}"
+        return AnomalyKind.ESCALATION, f"{vm}: escalated to {g('step')}: {g('reason')}"
     if e.name in (ev.CONTROLLER_FROZE, ev.CONTROLLER_RESUMED, ev.CONTROLLER_DEPOSED):
-        return "freeze", f"controller {e.name.split('.')[1]} (term {g('term')}): {g('reason')}"
+        return AnomalyKind.FREEZE, f"controller {e.name.split('.')[1]} (term {g('term')}): {g('reason')}"
     if e.name == ev.FENCE_FAILED:
-        return "fence", f"fencing {g('host')} with {g('agent')} failed: {g('error')}"
+        return AnomalyKind.FENCE, f"fencing {g('host')} with {g('agent')} failed: {g('error')}"
     if e.name == ev.VM_VERIFIED and not g("ok"):
-        return "unverified", f"{vm}: verification on {g('host')} failed: {g('detail', '')}"
+        return AnomalyKind.UNVERIFIED, f"{vm}: verification on {g('host')} failed: {g('detail', '')}"
     if e.name == ev.PLACEMENT_FAILED:
-        return "unplaced", f"{vm}: no eligible host: {g('reason')}"
-    if e.name == ev.INCIDENT_CLOSED and g("outcome") != "resolved":
-        return "outcome", f"incident closed {g('outcome')}: {g('reason', '')}"
+        return AnomalyKind.UNPLACED, f"{vm}: no eligible host: {g('reason')}"
+    if e.name == ev.INCIDENT_CLOSED and g("outcome") != ev.IncidentOutcome.RESOLVED:
+        return AnomalyKind.OUTCOME, f"incident closed {g('outcome')}: {g('reason', '')}"
     return None
 
 
 def _timeline(evs: Sequence[Event]) -> list[TimelineItem]:
-    return [TimelineItem(e.ts, e.name, str(e.get("component", "")), str(e.get("level", "info")), describe(e))
+    return [TimelineItem(e.ts, e.name, str(e.get("component", "")), str(e.get("level", "info")), describe_event(e))
             for e in evs if e.name != ev.MIGRATION_PROGRESSED]
 
 
-def describe(e: Event) -> str:
+def describe_event(e: Event) -> str:
     """One human sentence for an event (used by the timeline)."""
     g = e.get
     texts = {
@@ -443,6 +485,14 @@ def describe(e: Event) -> str:
 
 
 # ---------------------------------------------------------------- small helpers
+
+
+def _intent_state(raw: Any) -> IntentState | None:
+    """An intent state as the trail names it; None for a name this version does not know."""
+    try:
+        return IntentState(raw)
+    except ValueError:
+        return None
 
 
 def _first(evs: Sequence[Event], name: str, **match: Any) -> Event | None:

@@ -26,7 +26,7 @@ class RawLine:
 
 
 @dataclass(frozen=True)
-class Problem:
+class UnreadableLine:
     """A line that could not be used, and why."""
 
     file: str
@@ -61,7 +61,7 @@ class Event:
 @dataclass(frozen=True)
 class AuditLog:
     events: tuple[Event, ...]
-    problems: tuple[Problem, ...] = field(default=())
+    problems: tuple[UnreadableLine, ...] = field(default=())
 
 
 def read_raw(path: Path | str) -> Iterator[RawLine]:
@@ -72,24 +72,24 @@ def read_raw(path: Path | str) -> Iterator[RawLine]:
             yield RawLine(str(path), n, raw.rstrip(b"\n").decode("utf-8", errors="replace"), complete)
 
 
-def parse_line(raw: RawLine) -> Event | Problem | None:
-    """An Event, a Problem for a damaged line, or None for a blank line."""
+def parse_line(raw: RawLine) -> Event | UnreadableLine | None:
+    """An Event, an UnreadableLine for a damaged line, or None for a blank line."""
     if not raw.text.strip():
         return None
     try:
         obj = json.loads(raw.text)
     except ValueError as e:
         what = "truncated line (writer stopped mid-line)" if not raw.complete else "not valid JSON"
-        return Problem(raw.file, raw.line, f"{what}: {e.msg} at column {e.colno}; skipped")
+        return UnreadableLine(raw.file, raw.line, f"{what}: {e.msg} at column {e.colno}; skipped")
     if not isinstance(obj, dict):
-        return Problem(raw.file, raw.line, "not a JSON object; skipped")
+        return UnreadableLine(raw.file, raw.line, "not a JSON object; skipped")
     name, ts = obj.get("event"), obj.get("ts")
     if not isinstance(name, str) or not isinstance(ts, str):
-        return Problem(raw.file, raw.line, "no 'event' or 'ts' field; skipped")
+        return UnreadableLine(raw.file, raw.line, "no 'event' or 'ts' field; skipped")
     try:
         when = parse_ts(ts)
     except ValueError:
-        return Problem(raw.file, raw.line, f"bad timestamp {ts!r}; skipped")
+        return UnreadableLine(raw.file, raw.line, f"bad timestamp {ts!r}; skipped")
     return Event(when, name, obj, raw.file, raw.line)
 
 
@@ -106,17 +106,17 @@ def read_files(paths: Sequence[Path | str]) -> AuditLog:
     equal timestamps keep the order they were written in.
     """
     events: list[tuple[datetime, int, int, Event]] = []
-    problems: list[Problem] = []
+    problems: list[UnreadableLine] = []
     for fi, path in enumerate(order_rotated(paths)):
         try:
             for raw in read_raw(path):
                 item = parse_line(raw)
                 if isinstance(item, Event):
                     events.append((item.ts, fi, item.line, item))
-                elif isinstance(item, Problem):
+                elif isinstance(item, UnreadableLine):
                     problems.append(item)
         except OSError as e:
-            problems.append(Problem(str(path), 0, f"cannot read: {e.strerror or e}"))
+            problems.append(UnreadableLine(str(path), 0, f"cannot read: {e.strerror or e}"))
     events.sort(key=lambda t: t[:3])
     return AuditLog(tuple(t[3] for t in events), tuple(problems))
 

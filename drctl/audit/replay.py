@@ -16,7 +16,7 @@ from drctl.audit import events as ev
 from drctl.planning import planner
 from drctl.audit.reader import Event
 from drctl.model.errors import ConfigError
-from drctl.model.cluster import Limits, PlacementRules, Snapshot, SpareMode
+from drctl.model.cluster import Limits, PlacementRules, Snapshot, SpareMode, escalation_steps
 from drctl.audit.postmortem import IncidentNotFound, incident_events
 from drctl.model.snapshot import parse_snapshot
 
@@ -139,7 +139,7 @@ def _rebuild(cls: type, data: Any, warnings: list[str]) -> Any:
         elif isinstance(v, (int, float, str, bool)):
             kwargs[k] = SpareMode(v) if k == "spare_mode" else v
         elif k == "escalation" and isinstance(v, list):
-            kwargs[k] = tuple(str(s) for s in v)
+            kwargs[k] = escalation_steps(v)
         else:
             warnings.append(f"recorded {cls.__name__}.{k} is not a plain value; replayed with the default "
                             f"(pass --policy to replay it exactly)")

@@ -11,7 +11,8 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from html import escape
 
-from drctl.audit.postmortem import Phase, Report, VMOutcome, human_bytes
+from drctl.audit.postmortem import Phase, PhaseName, Report, SegmentKind, VMOutcome, human_bytes
+from drctl.model.cluster import IntentKind, IntentState
 
 # ---------------------------------------------------------------- shared formatting
 
@@ -52,7 +53,7 @@ def _summary_rows(r: Report) -> list[tuple[str, str]]:
 
 
 def _vm_row(v: VMOutcome) -> list[str]:
-    if v.kind == "restart":
+    if v.kind is IntentKind.RESTART:
         how = f"restart, boot {_ms(v.boot_ms)}"
         down = f"{_secs(v.outage_s)} (since last sign of life)" if v.outage_s is not None else "–"
         took = _secs((v.ended - v.started).total_seconds()) if v.started and v.ended else "–"
@@ -61,7 +62,7 @@ def _vm_row(v: VMOutcome) -> list[str]:
         down = _ms(v.downtime_ms)
         took = _ms(v.total_ms)
     verified = {True: "yes", False: "NO", None: "–"}[v.verified]
-    return [v.vm, v.src, v.dst, v.state, took, down, human_bytes(v.data_bytes), str(v.attempts), how, verified]
+    return [v.vm, v.src, v.dst, v.state.value, took, down, human_bytes(v.data_bytes), str(v.attempts), how, verified]
 
 
 VM_HEADERS = ["VM", "Source", "Destination", "Outcome", "Migration / restart time", "Downtime", "Data sent", "Attempts",
@@ -71,8 +72,10 @@ VM_HEADERS = ["VM", "Source", "Destination", "Outcome", "Migration / restart tim
 # ---------------------------------------------------------------- SVG timeline
 
 _W, _LABEL_W, _RIGHT_W, _ROW_H, _TOP = 1240, 170, 190, 26, 34
-_COLORS = {"detection": "#e0a526", "evidence": "#7a8fb8", "fencing": "#8e44ad", "decision": "#5dade2",
-           "freeze": "#9e9e9e", "migrate": "#2e86c1", "restart": "#27ae60", "failed": "#c0392b"}
+_COLORS = {PhaseName.DETECTION.value: "#e0a526", PhaseName.EVIDENCE.value: "#7a8fb8",
+           PhaseName.FENCING.value: "#8e44ad", PhaseName.DECISION.value: "#5dade2",
+           PhaseName.FREEZE.value: "#9e9e9e", SegmentKind.MIGRATE.value: "#2e86c1", SegmentKind.RESTART.value: "#27ae60",
+           SegmentKind.FAILED.value: "#c0392b"}
 
 
 def timeline_svg(r: Report) -> str:
@@ -85,12 +88,13 @@ def timeline_svg(r: Report) -> str:
         return _LABEL_W + (ts - t0).total_seconds() / span * plot_w
 
     rows: list[str] = []
-    lanes = [p for p in r.phases if p.name in ("detection", "evidence", "fencing", "decision")]
+    lanes = [p for p in r.phases if p.name in (PhaseName.DETECTION, PhaseName.EVIDENCE, PhaseName.FENCING,
+                                               PhaseName.DECISION)]
     lanes += list(r.freezes)
     y = _TOP
     for p in lanes:
-        rows.append(_label(y, p.name))
-        rows.append(_bar(x(p.start), x(p.end), y, _COLORS.get(p.name, "#888"), f"{p.name} {_secs(p.seconds)}"))
+        rows.append(_label(y, p.name.value))
+        rows.append(_bar(x(p.start), x(p.end), y, _COLORS.get(p.name.value, "#888"), f"{p.name.value} {_secs(p.seconds)}"))
         rows.append(_note(max(x(p.end), x(p.start) + 3) + 6, y, _secs(p.seconds)))
         y += _ROW_H
     for v in r.vms:
@@ -98,16 +102,16 @@ def timeline_svg(r: Report) -> str:
         if v.started and v.ended:  # the intent's whole life (checks, verification) as a thin line
             rows.append(f'<rect x="{x(v.started):.1f}" y="{y + 11}" width="{max(x(v.ended) - x(v.started), 1):.1f}" '
                         f'height="3" fill="#c8d3de"><title>{escape(v.vm)} intent {escape(v.intent)}</title></rect>')
-        if v.kind == "restart" and v.switched_at:
+        if v.kind is IntentKind.RESTART and v.switched_at:
             rows.append(_outage(x(r.first_sign), x(v.switched_at), y, f"{v.vm} down {_secs(v.outage_s)}"))
         for s in v.segments:
-            tip = f"{v.vm} attempt {s.attempt} → {s.dst}: {s.kind} {_secs((s.end - s.start).total_seconds())}"
-            rows.append(_bar(x(s.start), x(s.end), y, _COLORS[s.kind], tip))
-        if v.kind != "restart" and v.switched_at and v.downtime_ms is not None:
+            tip = f"{v.vm} attempt {s.attempt} → {s.dst}: {s.kind.value} {_secs((s.end - s.start).total_seconds())}"
+            rows.append(_bar(x(s.start), x(s.end), y, _COLORS[s.kind.value], tip))
+        if v.kind is not IntentKind.RESTART and v.switched_at and v.downtime_ms is not None:
             rows.append(_downtime(x(v.switched_at), y, v.downtime_ms / 1000 / span * plot_w, v))
         for a in r.anomalies:  # retries, fallbacks, escalations: where on the bar they happened
             if a.vm == v.vm:
-                rows.append(_marker(x(a.ts), y, f"{a.kind}: {a.text}"))
+                rows.append(_marker(x(a.ts), y, f"{a.kind.value}: {a.text}"))
         end_x = max([x(s.end) for s in v.segments] + [x(v.ended) if v.ended else _LABEL_W])
         rows.append(_note(end_x + 6, y, _vm_note(v)))
         y += _ROW_H
@@ -120,10 +124,10 @@ def timeline_svg(r: Report) -> str:
 
 
 def _vm_note(v: VMOutcome) -> str:
-    if v.kind == "restart":
+    if v.kind is IntentKind.RESTART:
         return f"restarted · down {_secs(v.outage_s)}"
     if v.total_ms is None:
-        return v.state
+        return v.state.value
     return f"{_ms(v.total_ms)} · ▼ {_ms(v.downtime_ms)}"
 
 
@@ -177,8 +181,9 @@ def _axis(t0: datetime, span: float, plot_w: float, height: int) -> str:
 
 
 def _legend(y: int) -> str:
-    items = [("migration", _COLORS["migrate"]), ("restart", _COLORS["restart"]), ("failed attempt", _COLORS["failed"]),
-             ("downtime", "#111"), ("VM down (dead host)", "url(#down)"), ("controller frozen", _COLORS["freeze"]),
+    items = [("migration", _COLORS[SegmentKind.MIGRATE.value]), ("restart", _COLORS[SegmentKind.RESTART.value]),
+             ("failed attempt", _COLORS[SegmentKind.FAILED.value]),
+             ("downtime", "#111"), ("VM down (dead host)", "url(#down)"), ("controller frozen", _COLORS[PhaseName.FREEZE.value]),
              ("retry / fallback / escalation", "#f39c12")]
     out, xp = [], _LABEL_W
     for name, color in items:
@@ -232,7 +237,7 @@ def render_html(r: Report) -> str:
              _table(["Phase", "Start", "End", "Duration"], [_phase_row(r, p) for p in r.phases]),
              "<h2>Timeline</h2>", f'<div class="chart">{timeline_svg(r)}</div>',
              "<h2>Virtual machines</h2>", _table(VM_HEADERS, [_vm_row(v) for v in r.vms],
-                                                 ["" if v.state == "done" else "warning" for v in r.vms]),
+                                                 ["" if v.state is IntentState.DONE else "warning" for v in r.vms]),
              "<h2>Decisions</h2>", _decisions_html(r),
              "<h2>Anomalies</h2>", _anomalies_html(r),
              "<h2>Event log</h2>",
@@ -249,7 +254,7 @@ def render_html(r: Report) -> str:
 
 
 def _phase_row(r: Report, p: Phase) -> list[str]:
-    return [p.name, f"{_clock(p.start)} ({_offset(r, p.start)})", f"{_clock(p.end)} ({_offset(r, p.end)})",
+    return [p.name.value, f"{_clock(p.start)} ({_offset(r, p.start)})", f"{_clock(p.end)} ({_offset(r, p.end)})",
             _secs(p.seconds)]
 
 
@@ -270,7 +275,7 @@ def _decisions_html(r: Report) -> str:
 def _anomalies_html(r: Report) -> str:
     if not r.anomalies:
         return '<p class="ok">None: no retries, aborts, fallbacks or freezes.</p>'
-    return _table(["Time", "Kind", "VM", "What"], [[_clock(a.ts), a.kind, a.vm, a.text] for a in r.anomalies])
+    return _table(["Time", "Kind", "VM", "What"], [[_clock(a.ts), a.kind.value, a.vm, a.text] for a in r.anomalies])
 
 
 # ---------------------------------------------------------------- Markdown
@@ -295,7 +300,7 @@ def render_markdown(r: Report) -> str:
                             for c in d.candidates])
         lines.append("")
     lines += ["## Anomalies", ""]
-    lines += (_md_table(["Time", "Kind", "VM", "What"], [[_clock(a.ts), a.kind, a.vm, a.text] for a in r.anomalies])
+    lines += (_md_table(["Time", "Kind", "VM", "What"], [[_clock(a.ts), a.kind.value, a.vm, a.text] for a in r.anomalies])
               if r.anomalies else ["None."])
     lines += ["", "## Event log", ""]
     lines += _md_table(["Time", "Offset", "Event", "What"],

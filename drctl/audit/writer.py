@@ -18,9 +18,11 @@ from typing import IO, Any, Callable
 
 import structlog
 
+from drctl.audit import events
+
 GENESIS = "0" * 64  # `prev` of the first line of a stream
 
-Clock = Callable[[], float]
+TimeSource = Callable[[], float]  # seconds since the epoch (e.g. a drctl.clock.Clock's now)
 
 
 def line_hash(line: str) -> str:
@@ -132,7 +134,7 @@ def configure(
     component: str,
     path: Path | str | None = None,
     echo: IO[str] | None = None,
-    clock: Clock | None = None,
+    clock: TimeSource | None = None,
     keep_in_memory: bool = False,
 ) -> AuditSink:
     """Configure the audit stream for this process. Call once, at start-up.
@@ -188,7 +190,7 @@ def retry_scheduled(retry_state: Any) -> None:
     """tenacity `before_sleep` hook: each retry is an audit event."""
     exc = retry_state.outcome.exception() if retry_state.outcome else None
     emit(
-        "retry.scheduled",
+        events.RETRY_SCHEDULED,
         fn=getattr(retry_state.fn, "__name__", str(retry_state.fn)),
         attempt=retry_state.attempt_number,
         sleep_s=round(retry_state.next_action.sleep, 3) if retry_state.next_action else None,

@@ -16,7 +16,7 @@ from drctl.model.errors import ConfigError
 from drctl.model.records import MaintenanceRecord
 
 
-def store_options(fn):  # type: ignore[no-untyped-def]
+def store_options(fn):
     fn = click.option("--config", "config_path", type=click.Path(dir_okay=False), envvar="DRCTL_CONFIG",
                       help="drctl configuration (its etcd section); or use --etcd")(fn)
     fn = click.option("--etcd", "etcd", metavar="HOST:PORT", multiple=True, help="etcd endpoint(s)")(fn)
@@ -24,7 +24,7 @@ def store_options(fn):  # type: ignore[no-untyped-def]
     return fn
 
 
-def open_store(config_path: str | None, etcd: tuple[str, ...], prefix: str | None):  # type: ignore[no-untyped-def]
+def open_store(config_path: str | None, etcd: tuple[str, ...], prefix: str | None):
     """A connected store and its key layout, from --config or --etcd."""
     from drctl.store.etcd import connect_store
     from drctl.store.keys import Keys
@@ -44,7 +44,7 @@ def open_store(config_path: str | None, etcd: tuple[str, ...], prefix: str | Non
     return connect_store(list(endpoints), timeout=timeout), Keys(pfx or "/drctl/")
 
 
-def vms_on(store, keys, host: str) -> list[str]:  # type: ignore[no-untyped-def]
+def vms_on(store, keys, host: str) -> list[str]:
     from drctl.control.view import read_records, running_on, vm_locations
 
     records = read_records(store, keys)
@@ -77,7 +77,7 @@ def drain(host: str, reason: str, no_wait: bool, timeout: float, config_path: st
         store.close()
 
 
-def _wait_empty(store, keys, host: str, total: int, timeout: float) -> int:  # type: ignore[no-untyped-def]
+def _wait_empty(store, keys, host: str, total: int, timeout: float) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     deadline = time.monotonic() + timeout

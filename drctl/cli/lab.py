@@ -9,9 +9,10 @@ from rich.console import Console
 from rich.table import Table
 
 from drctl.lab import cluster
+from drctl.lab.faults import FAULTS
 
 
-def lab_options(fn):  # type: ignore[no-untyped-def]
+def lab_options(fn):
     """Options every lab command shares; defaults from DRCTL_LAB_* environment variables."""
     fn = click.option("--dir", "lab_dir", type=click.Path(path_type=Path), envvar="DRCTL_LAB_DIR",
                       default=str(cluster.LabConfig.dir), show_default=True, help="lab directory")(fn)
@@ -141,11 +142,26 @@ def vm_delete(name: str, **kw: object) -> None:
 
 @lab.command()
 @click.argument("host")
-@click.argument("fault", type=click.Choice(["memory-errors", "libvirt-hang", "agent-kill", "host-kill",
-                                            "partition", "clear"]))
+@click.argument("fault", type=click.Choice(list(FAULTS)))
+@click.argument("seconds", type=click.FloatRange(min=0), required=False)
 @lab_options
-def inject(host: str, fault: str, **kw: object) -> None:
-    """Break a lab host on purpose (see drctl/lab/faults.py); `clear` undoes every fault."""
+def inject(host: str, fault: str, seconds: float | None, **kw: object) -> None:
+    """Break a lab host on purpose; `clear` undoes every fault of HOST.
+
+    \b
+    memory-errors      raise the host's (fake) EDAC corrected-error counter
+    libvirt-stop       SIGSTOP its libvirtd (libvirt-hang: the older name)
+    libvirt-cont       SIGCONT its libvirtd
+    libvirt-restart    restart its libvirtd alone; its guests keep running
+    agent-kill         SIGKILL its health agent
+    host-kill          SIGKILL libvirtd, guests, agent and relay (power cut)
+    partition          SIGSTOP its relay: agent cut off from etcd
+    fence-slow [SECS]  the lab fence agent waits SECS (10) before off/on
+    fence-fail         the lab fence agent fails every action on HOST
+    etcd-kill          SIGKILL the lab's etcd (HOST: `etcd` or any lab host)
+    etcd-start         start the lab's etcd again
+    clear              SIGCONT, restart what is dead, reset counters and fence faults
+    """
     from drctl.lab import faults
 
-    faults.inject(make_config(**kw), host, fault, echo=click.echo)  # type: ignore[arg-type]
+    faults.inject(make_config(**kw), host, fault, echo=click.echo, seconds=seconds)  # type: ignore[arg-type]

@@ -31,6 +31,6 @@ class MigrationBars:
         if key not in self._tasks:
             self._tasks[key] = self._bars.add_task(f"{s.vm} -> {s.dst}", total=max(1, s.memory_total), detail="")
         detail = (f"iter {s.iteration} rem {s.memory_remaining >> 20} MiB "
-                  f"{s.bps / 2**20:.0f} MiB/s {s.phase}")
+                  f"{s.bps / 2**20:.0f} MiB/s {s.phase.value}")
         self._bars.update(self._tasks[key], completed=s.memory_processed, total=max(1, s.memory_total),
                           detail=detail)

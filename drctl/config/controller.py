@@ -7,13 +7,14 @@
       tick_interval: 500ms         # periodic resync; changes in etcd wake the loop at once
       stale_after: 10s             # freeze when the view is older than this
       reopen_after: 60s            # a host's next incident waits this long after its last
-      witness_quorum: 2            # default: the policy's, else a majority of the other hosts
+      witness_quorum: 2            # default: the policy's, else a majority of the host's witnesses
       audit_file: /var/log/drctl/controller.jsonl
       runner:                      # the migration runner in this process
         enabled: true
         lease_ttl: 5s              # claims on intents; a dead runner's claims lapse after it
-      guest_health: domain         # domain (running = healthy) | lab (console ticks; lab only)
-      lab_dir: /var/lib/drctl-lab  # with guest_health: lab
+      guest_health: domain         # domain (running = healthy), or a plugin:
+      #   guest_health: {plugin: "my.module:factory", options: {url: ...}}
+      # factory(**options) returns a GuestHealth (drctl/runner/verification.py)
       fence_agents:
         ipmi:                      # fence-agents convention: options on stdin
           type: command
@@ -21,12 +22,10 @@
           timeout: 30s
           options: {username: admin, password_script: /etc/drctl/ipmi-pass, lanplus: "1"}
           hosts: {hv1: {ip: 10.0.0.11}, hv2: {ip: 10.0.0.12}}
-        lab:                       # the lab's power switch: kills libvirtd and QEMU
-          type: lab
-          lab_dir: /var/lib/drctl-lab
 """
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -45,12 +44,19 @@ class FenceAgentConfig:
     options: Mapping[str, str] = field(default_factory=dict)
     hosts: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     timeout_s: float = 30.0
-    lab_dir: str = ""
 
     def spec(self) -> dict[str, Any]:
         return {"type": self.type, "command": list(self.command), "options": dict(self.options),
-                "hosts": {h: dict(o) for h, o in self.hosts.items()}, "timeout_s": self.timeout_s,
-                "lab_dir": self.lab_dir}
+                "hosts": {h: dict(o) for h, o in self.hosts.items()}, "timeout_s": self.timeout_s}
+
+
+@dataclass(frozen=True)
+class PluginSpec:
+    """Code named by the configuration, not imported by drctl: `module.path:factory`,
+    called as factory(**options) when the controller starts (drctl/control/plugins.py)."""
+
+    target: str
+    options: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -65,16 +71,21 @@ class ControllerConfig:
     audit_file: str = ""
     runner_enabled: bool = True
     runner_lease_ttl_s: int = 5
-    guest_health: str = "domain"
-    lab_dir: str = ""
+    guest_health: PluginSpec | None = None  # None = domain: running is healthy
     fence_agents: Mapping[str, FenceAgentConfig] = field(default_factory=dict)
 
 
 def _fence_agent(r: Reader, node: yaml.Node, path: str) -> FenceAgentConfig:
     got = r.mapping(node, path, ("type", "command", "options", "hosts", "timeout", "lab_dir"))
     if "type" not in got:
-        raise r.fail(node, f"{path}.type", "missing (command or lab)")
-    kind = r.choice(got["type"], f"{path}.type", ("command", "lab"))
+        raise r.fail(node, f"{path}.type", "missing (command)")
+    if isinstance(got["type"], yaml.ScalarNode) and got["type"].value == "lab":
+        raise r.fail(got["type"], f"{path}.type", "`lab` was removed: the lab fences with a command agent in "
+                     "the fence-agents convention (`drctl lab up --controllers N` writes it; docs/lab.md)")
+    if "lab_dir" in got:
+        raise r.fail(got["lab_dir"], f"{path}.lab_dir", "removed with `type: lab`: the lab's fence agent "
+                     "takes it as options.lab_dir (docs/lab.md)")
+    kind = r.choice(got["type"], f"{path}.type", ("command",))
     out: dict[str, Any] = {"type": kind}
     if "command" in got:
         out["command"] = tuple(r.each(got["command"], f"{path}.command", r.word, scalar_ok=True))
@@ -88,9 +99,29 @@ def _fence_agent(r: Reader, node: yaml.Node, path: str) -> FenceAgentConfig:
         out["hosts"] = {h: str_map(r, v, f"{path}.hosts.{h}") for h, v in r.mapping(hn, f"{path}.hosts", names).items()}
     if "timeout" in got:
         out["timeout_s"] = duration(r, got["timeout"], f"{path}.timeout")
-    if "lab_dir" in got:
-        out["lab_dir"] = r.string(got["lab_dir"], f"{path}.lab_dir")
     return FenceAgentConfig(**out)
+
+
+_PLUGIN_TARGET = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+def _guest_health(r: Reader, node: yaml.Node, path: str) -> PluginSpec | None:
+    if isinstance(node, yaml.ScalarNode):
+        if node.value == "lab":
+            raise r.fail(node, path, "`lab` was removed: the lab names its plugin, {plugin: "
+                         "drctl.lab.console_health:console_ticks, options: {lab_dir: DIR}} (docs/lab.md)")
+        if node.value != "domain":
+            raise r.fail(node, path, f"unknown value {node.value!r} (domain, or {{plugin: module.path:factory, "
+                         "options: {...}}})")
+        return None
+    got = r.mapping(node, path, ("plugin", "options"))
+    if "plugin" not in got:
+        raise r.fail(node, f"{path}.plugin", "missing: `module.path:factory`, called with the options")
+    target = r.string(got["plugin"], f"{path}.plugin")
+    if not _PLUGIN_TARGET.match(target):
+        raise r.fail(got["plugin"], f"{path}.plugin", f"expected `module.path:factory`, got {target!r}")
+    options = str_map(r, got["options"], f"{path}.options") if "options" in got else {}
+    return PluginSpec(target, options)
 
 
 def read_controller(r: Reader, node: yaml.Node, path: str) -> ControllerConfig:
@@ -101,7 +132,10 @@ def read_controller(r: Reader, node: yaml.Node, path: str) -> ControllerConfig:
     p = lambda k: f"{path}.{k}"
     if "name" in got:
         out["name"] = r.word(got["name"], p("name"))
-    for key in ("policy", "audit_file", "lab_dir"):
+    if "lab_dir" in got:
+        raise r.fail(got["lab_dir"], p("lab_dir"), "removed with `guest_health: lab`: the lab's guest-health "
+                     "plugin takes it as guest_health.options.lab_dir (docs/lab.md)")
+    for key in ("policy", "audit_file"):
         if key in got:
             out[key] = r.string(got[key], p(key))
     if "lease_ttl" in got:
@@ -112,7 +146,7 @@ def read_controller(r: Reader, node: yaml.Node, path: str) -> ControllerConfig:
     if "witness_quorum" in got:
         out["witness_quorum"] = r.integer(got["witness_quorum"], p("witness_quorum"), minimum=1, maximum=64)
     if "guest_health" in got:
-        out["guest_health"] = r.choice(got["guest_health"], p("guest_health"), ("domain", "lab"))
+        out["guest_health"] = _guest_health(r, got["guest_health"], p("guest_health"))
     if "runner" in got:
         rn = r.mapping(got["runner"], p("runner"), ("enabled", "lease_ttl"))
         if "enabled" in rn:
@@ -124,6 +158,4 @@ def read_controller(r: Reader, node: yaml.Node, path: str) -> ControllerConfig:
         names = [k.value for k, _ in fa.value] if isinstance(fa, yaml.MappingNode) else ()
         out["fence_agents"] = {n: _fence_agent(r, v, p(f"fence_agents.{n}"))
                                for n, v in r.mapping(fa, p("fence_agents"), names).items()}
-    if out.get("guest_health") == "lab" and not out.get("lab_dir"):
-        raise r.fail(node, p("lab_dir"), "required with guest_health: lab")
     return ControllerConfig(**out)

@@ -1,4 +1,4 @@
-"""Leader election on the Store, etcd's own recipe (DESIGN §3).
+"""Leader election on the Store, etcd's own recipe (docs/controller.md, "Election").
 
 Each candidate creates `<prefix>leader/<lease-hex>` under its own lease, only if absent.
 The candidate whose key has the lowest create revision leads; every other one watches its
@@ -15,6 +15,7 @@ import threading
 from dataclasses import dataclass
 from typing import Callable
 
+from drctl.audit import events
 from drctl.audit import writer as audit
 from drctl.clock import Clock, SystemClock
 from drctl.model.errors import LeaseLost, StoreError
@@ -64,7 +65,7 @@ class Election:
         if kv is None:
             raise LeaseLost(f"election key {self._key} vanished right after creation")
         self._rev = kv.create_revision
-        audit.emit("election.campaigned", candidate=self.name, key=self._key, revision=self._rev)
+        audit.emit(events.ELECTION_CAMPAIGNED, candidate=self.name, key=self._key, revision=self._rev)
 
     def _lease_lost(self) -> None:
         self._deposed_reason = "election lease lost"

@@ -1,4 +1,4 @@
-"""Intents in etcd: one VM move each, written before anything acts (DESIGN §2 flows 3-4).
+"""Intents in etcd: one VM move each, written before anything acts (docs/runner.md, "Intents").
 
 An intent is a JSON record under `keys.intent(id)`. Its state changes only through
 `transition`, which checks the state table (model.check_transition), writes with a
@@ -24,7 +24,8 @@ from drctl.audit import writer as audit
 
 from drctl.audit import events
 from drctl.model.errors import PermanentError
-from drctl.model.cluster import IntentKind, IntentState, Limits, Move, check_transition
+from drctl.model.cluster import (DEFAULT_ESCALATION, EscalationStep, IntentKind, IntentState, Limits, Move,
+                                 check_transition, escalation_steps)
 from drctl.model.records import PlacementRecord, RecordError, RecordReader, parse_definition, parse_placement
 from drctl.store import Compare, Delete, Put, Store
 from drctl.store.keys import Keys
@@ -43,7 +44,7 @@ class IntentParams:
 
     bandwidth_mibs: int = 64
     max_downtime_ms: int = 300
-    escalation: tuple[str, ...] = ("raise-downtime", "auto-converge", "post-copy", "abort")
+    escalation: tuple[EscalationStep, ...] = DEFAULT_ESCALATION
     copy_storage: bool = False  # VM on host-local disks
     timeout_s_per_gib: float = 120.0
     postcopy_bandwidth_mibs: int = 0  # 0 = same as bandwidth_mibs
@@ -114,7 +115,7 @@ def parse_intent(key: str, raw: bytes, revision: int = 0) -> Intent:
     d = IntentParams()
     params = IntentParams(
         bandwidth_mibs=p.integer("bandwidth_mibs", d.bandwidth_mibs), max_downtime_ms=p.integer("max_downtime_ms", d.max_downtime_ms),
-        escalation=p.texts("escalation") if p.has("escalation") else d.escalation,
+        escalation=escalation_steps(p.texts("escalation")) if p.has("escalation") else d.escalation,
         copy_storage=p.flag("copy_storage", d.copy_storage), timeout_s_per_gib=p.number("timeout_s_per_gib", d.timeout_s_per_gib),
         postcopy_bandwidth_mibs=p.integer("postcopy_bandwidth_mibs", d.postcopy_bandwidth_mibs))
     history = tuple(Transition(h.number("ts"), h.text("from"), h.text("to"), h.integer("attempt", 0), h.text("reason", ""),
@@ -142,7 +143,7 @@ def report_unreadable(error: RecordError) -> None:
         if len(_reported) > 10_000:  # bounded: a long-lived process must not grow with junk
             _reported.clear()
         _reported.add(seen)
-    audit.warn("record.unreadable", key=error.key, field=error.field, error=str(error))
+    audit.warn(events.RECORD_UNREADABLE, key=error.key, field=error.field, error=str(error))
 
 
 def new_intent(move: Move, incident: str, term: int, now: float, params: IntentParams = IntentParams(),

@@ -46,7 +46,7 @@ from drctl.health.grading import HostVerdict
 from drctl.control.intents import IntentParams, create_intents, new_intent
 from drctl.model.cluster import HostState, IntentState, Snapshot
 from drctl.model.records import InventoryRecord
-from drctl.policy import Policy
+from drctl.policy import EvidenceKind, Policy
 from drctl.store import Put, Store
 from drctl.store.keys import Keys
 
@@ -168,7 +168,7 @@ class ControllerLoop:
         short = short_of_quorum(records, self.shared.quorum)
         for host, n in short.items():
             if self.state.short_of_quorum.get(host) != n:
-                audit.warn("host.quorum_unreachable", host=host, witnesses=n, quorum=self.shared.quorum,
+                audit.warn(events.HOST_QUORUM_UNREACHABLE, host=host, witnesses=n, quorum=self.shared.quorum,
                            reason=f"{host} has {n} witness(es), quorum is {self.shared.quorum}: it can never be "
                                   f"declared dead")
         self.state.short_of_quorum = short
@@ -192,7 +192,7 @@ class ControllerLoop:
             try:
                 self._apply(d, lead, view, snap, now)
             except DrctlError as e:
-                audit.warn("controller.decision_failed", decision=type(d).__name__, error=str(e))
+                audit.warn(events.CONTROLLER_DECISION_FAILED, decision=type(d).__name__, error=str(e))
         self.state.frozen = result.frozen
         self._remove_stale_copies(records, lead, view)
         if result.sentence != self.state.last_sentence:
@@ -219,7 +219,7 @@ class ControllerLoop:
                            policy=inc.policy, kind=inc.kind.value, term=lead.term)
                 for piece in view.verdicts.get(inc.host, HostVerdict(inc.host, HostState.HEALTHY, "")).evidence:
                     if inc.kind is IncidentKind.RECOVER:
-                        audit.emit(events.EVIDENCE_RECORDED, incident=inc.id, host=inc.host, kind="verdict",
+                        audit.emit(events.EVIDENCE_RECORDED, incident=inc.id, host=inc.host, kind=events.EvidenceSource.VERDICT,
                                    detail=piece)
         elif isinstance(d, UpdateIncident):
             self._write(lead, self.keys.incident(d.incident.id), incident_to_json(d.incident))
@@ -234,7 +234,8 @@ class ControllerLoop:
                 if self._write(lead, self.keys.incident(inc.id), incident_to_json(closed)):
                     mine = [i for i in view.intents if i.incident == inc.id]
                     moved = sum(1 for i in mine if i.state is IntentState.DONE)
-                    outcome = ("resolved" if moved == len(mine) else "failed" if moved == 0 else "partial")
+                    outcome = (events.IncidentOutcome.RESOLVED if moved == len(mine)
+                               else events.IncidentOutcome.FAILED if moved == 0 else events.IncidentOutcome.PARTIAL)
                     audit.emit(events.INCIDENT_CLOSED, incident=inc.id, host=inc.host, outcome=outcome,
                                reason=d.outcome, vms_moved=moved, vms_failed=len(mine) - moved, term=lead.term)
 
@@ -261,10 +262,10 @@ class ControllerLoop:
                 if result.confirmed_off:
                     audit.emit(events.FENCE_SUCCEEDED, incident=d.incident, host=d.host, agent=d.agent,
                                detail=result.detail)
-                    audit.emit(events.EVIDENCE_RECORDED, incident=d.incident, host=d.host, kind="fence",
+                    audit.emit(events.EVIDENCE_RECORDED, incident=d.incident, host=d.host, kind=events.EvidenceSource.FENCE,
                                detail=result.detail)
                     nxt = replace(current, fenced=True, phase=IncidentPhase.AWAITING_EVIDENCE,
-                                  evidence=tuple(sorted({*current.evidence, "fence"})))
+                                  evidence=tuple(sorted({*current.evidence, EvidenceKind.FENCE.value})))
                     self._write(lead, self.keys.incident(d.incident), incident_to_json(nxt))
                 else:
                     self._needs_human(lead, d, current, result.detail)
@@ -346,7 +347,7 @@ class ControllerLoop:
         for vm, hosts in running.items():
             if len(hosts) > 1 and (vm, tuple(hosts)) not in self.state.duplicates:
                 self.state.duplicates.add((vm, tuple(hosts)))
-                audit.warn("vm.duplicate_detected", vm=vm, hosts=hosts, placement=placed.get(vm))
+                audit.warn(events.VM_DUPLICATE_DETECTED, vm=vm, hosts=hosts, placement=placed.get(vm))
         for host, inv in sorted(fresh.items()):
             for entry in inv.vms:
                 vm = entry.name
@@ -366,7 +367,7 @@ class ControllerLoop:
             return  # still down: try again next tick
         try:
             hv.undefine(vm)
-            audit.emit("vm.stale_copy_removed", vm=vm, host=host,
+            audit.emit(events.VM_STALE_COPY_REMOVED, vm=vm, host=host,
                        reason="host came back after its VMs were restarted elsewhere")
         except DrctlError:
             pass

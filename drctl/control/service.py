@@ -12,12 +12,14 @@ import threading
 from pathlib import Path
 from typing import Callable
 
+from drctl.audit import events
 from drctl.audit import writer as audit
 from drctl.clock import SystemClock
 from drctl.control.view import SharedView, configured_quorum
 from drctl.config.settings import AgentConfig, Config
 from drctl.control.tick import Settings
 from drctl.control.loop import ControllerLoop
+from drctl.control.plugins import load_guest_health
 from drctl.model.errors import ConfigError, DrctlError
 from drctl.fencing.agents import FenceAgent, make_agent
 from drctl.policy import Policy, default_policy, load_policy
@@ -70,12 +72,7 @@ def run(cfg: Config, store: Store, stop: threading.Event, echo: Echo) -> None:
     shared.refresh(SystemClock().now())
     runner = None
     if cc.runner_enabled:
-        health = None
-        if cc.guest_health == "lab":
-            from drctl.lab.cluster import LabConfig
-            from drctl.lab.console_health import ConsoleTicks
-
-            health = ConsoleTicks(LabConfig(dir=Path(cc.lab_dir)))
+        health = load_guest_health(cc.guest_health, f"{cfg.path}: controller.guest_health")
         # the live mapping of the shared view: hosts join as their agents publish
         runner = Runner(store, keys, shared.uris, lambda uri: connect(uri, timeout_s=15), SystemClock(),
                         RunnerConfig(runner_id=cc.name, limits=policy.limits, lease_ttl_s=cc.runner_lease_ttl_s),
@@ -88,7 +85,7 @@ def run(cfg: Config, store: Store, stop: threading.Event, echo: Echo) -> None:
         threads.append(threading.Thread(target=_run_runner, args=(runner, stop), name="runner", daemon=True))
     for t in threads:
         t.start()
-    audit.emit("controller.started", name=cc.name, policy=policy.name, runner=bool(runner))
+    audit.emit(events.CONTROLLER_STARTED, name=cc.name, policy=policy.name, runner=bool(runner))
     echo(f"{cc.name}: controller started (policy {policy.name}, runner {'on' if runner else 'off'})")
     try:
         loop.run(stop)
@@ -108,7 +105,7 @@ def _refresh_forever(shared: SharedView, stop: threading.Event, every_s: float =
             try:
                 shared.refresh(now)
             except DrctlError as e:
-                audit.warn("controller.view_failed", error=str(e))
+                audit.warn(events.CONTROLLER_VIEW_FAILED, error=str(e))
         stop.wait(every_s / 2)
 
 
@@ -117,5 +114,5 @@ def _run_runner(runner, stop: threading.Event) -> None:  # type: ignore[no-untyp
         try:
             runner.run_forever(stop)
         except DrctlError as e:  # etcd outage: report, wait, carry on
-            audit.warn("runner.paused", error=str(e))
+            audit.warn(events.RUNNER_PAUSED, error=str(e))
             stop.wait(1.0)

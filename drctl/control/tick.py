@@ -178,7 +178,7 @@ def _freeze_reason(view: View, policy: Policy, settings: Settings) -> str:
     if view.age_s > settings.stale_after_s:
         return f"view is stale ({view.age_s:.1f}s old)"
     # Hosts that failed "at once": more than the blast radius allows is more likely the
-    # network than the hosts (DESIGN §2 flow 5). Drains are operator requests: not counted.
+    # network than the hosts (docs/controller.md, "Freezing"). Drains are operator requests: not counted.
     troubled = [n for n, h in view.snapshot.hosts.items()
                 if h.state in (HostState.DEAD, HostState.UNREACHABLE, HostState.FAILING)]
     br = policy.blast_radius

@@ -1,21 +1,19 @@
 """Fence agents: proof that a dead host is really off before its VMs run elsewhere.
 
-One interface, two agents:
-- `CommandFenceAgent` follows the fence-agents conventions (`fence_ipmilan`,
-  `fence_redfish`, ...): options as `name=value` lines on stdin, `action=off|on|status`,
-  exit code 0 = success; for `status`, 0 = on, 2 = off, anything else = unknown.
-- `LabFenceAgent` powers a lab host "off" by killing its libvirtd and QEMU processes.
+One interface, one production agent: `CommandFenceAgent` follows the fence-agents
+conventions (`fence_ipmilan`, `fence_redfish`, ...): options as `name=value` lines on
+stdin, `action=off|on|status`, exit code 0 = success; for `status`, 0 = on, 2 = off,
+anything else = unknown. The lab fences its hosts through this same path, with its own
+agent in that convention (`python -m drctl.lab.fence_agent`, see docs/lab.md).
 
 A fence is confirmed only when `status` afterwards says off: an agent that exits 0 on
 `off` but cannot show the host off has not proven anything.
 """
 from __future__ import annotations
 
-import signal
 import subprocess
 from dataclasses import dataclass, field
 from enum import Enum
-from pathlib import Path
 from typing import Mapping, Protocol
 
 from drctl.model.errors import ConfigError
@@ -81,62 +79,6 @@ class CommandFenceAgent:
                            f"{self.command[0]} off ok; status says {state.value}")
 
 
-# ------------------------------------------------------------------ the lab's power switch
-
-
-@dataclass(frozen=True)
-class LabFenceAgent:
-    """Fences a lab host by killing its libvirtd and QEMU processes (its "power")."""
-
-    name: str
-    lab_dir: Path
-
-    def _cfg(self):  # type: ignore[no-untyped-def]
-        from drctl.lab.cluster import LabConfig
-
-        return LabConfig(dir=self.lab_dir)
-
-    def status(self, host: str) -> PowerState:
-        from drctl.lab.cluster import LabState, pid_alive, qemu_pids
-
-        cfg = self._cfg()
-        rec = LabState.load(cfg).hosts.get(host)
-        if rec is None:
-            return PowerState.UNKNOWN
-        on = pid_alive(rec.pid, "libvirtd") or bool(qemu_pids(cfg, host))
-        return PowerState.ON if on else PowerState.OFF
-
-    def off(self, host: str) -> FenceResult:
-        import os
-
-        from drctl.lab.cluster import LabState, pid_alive, qemu_pids
-
-        cfg = self._cfg()
-        rec = LabState.load(cfg).hosts.get(host)
-        if rec is None:
-            return FenceResult(host, self.name, False, f"{host} is not a host of the lab at {self.lab_dir}")
-        killed = []
-        for vm, pid in qemu_pids(cfg, host).items():
-            os.kill(pid, signal.SIGKILL)
-            killed.append(vm)
-        if pid_alive(rec.pid, "libvirtd"):
-            os.kill(rec.pid, signal.SIGKILL)
-        state = _settle(lambda: self.status(host))
-        return FenceResult(host, self.name, state is PowerState.OFF,
-                           f"killed libvirtd and {len(killed)} QEMU process(es); status says {state.value}")
-
-
-def _settle(probe, timeout_s: float = 5.0) -> PowerState:  # type: ignore[no-untyped-def]
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    state = probe()
-    while state is not PowerState.OFF and time.monotonic() < deadline:
-        time.sleep(0.05)
-        state = probe()
-    return state
-
-
 def make_agent(name: str, spec: Mapping[str, object]) -> FenceAgent:
     """Build a fence agent from the controller configuration's `fence_agents.<name>`."""
     kind = spec.get("type")
@@ -152,6 +94,4 @@ def make_agent(name: str, spec: Mapping[str, object]) -> FenceAgent:
                       for h, o in dict(spec.get("hosts") or {}).items()},  # type: ignore[call-overload]
             timeout_s=float(spec.get("timeout_s", 30)),  # type: ignore[arg-type]
         )
-    if kind == "lab":
-        return LabFenceAgent(name=name, lab_dir=Path(str(spec.get("lab_dir", "/var/lib/drctl-lab"))))
-    raise ConfigError(f"fence_agents.{name}.type: unknown value {kind!r} (expected 'command' or 'lab')")
+    raise ConfigError(f"fence_agents.{name}.type: unknown value {kind!r} (expected 'command')")

@@ -23,6 +23,7 @@ import threading
 from dataclasses import dataclass
 from typing import Callable
 
+from drctl.audit import events
 from drctl.audit import writer as audit
 from drctl.clock import Clock
 from drctl.config.settings import AgentConfig, Peer
@@ -127,7 +128,7 @@ class Agent:
         return min([self._due.report, self._due.witness, self._due.inventory, *self._probe_due.values()])
 
     def run(self, stop: threading.Event) -> None:
-        audit.emit("agent.started", host=self.host, probes=[p.spec.name for p in self.probes],
+        audit.emit(events.AGENT_STARTED, host=self.host, probes=[p.spec.name for p in self.probes],
                    ttl_s=self.cfg.lease_ttl_s)
         try:
             while not stop.is_set():
@@ -147,7 +148,7 @@ class Agent:
                 lease.revoke()
             except StoreError:
                 pass  # it expires by itself
-        audit.emit("agent.stopped", host=self.host)
+        audit.emit(events.AGENT_STOPPED, host=self.host)
 
     # ------------------------------------------------------------ lease
     def _ensure_lease(self) -> bool:
@@ -155,7 +156,7 @@ class Agent:
         if self._lease is not None and self._lease.alive:
             return False
         if self._lease is not None:
-            audit.warn("agent.lease_lost", host=self.host, lease=f"{self._lease.id:x}", ttl_s=self.cfg.lease_ttl_s)
+            audit.warn(events.AGENT_LEASE_LOST, host=self.host, lease=f"{self._lease.id:x}", ttl_s=self.cfg.lease_ttl_s)
             self._lease = None
         try:
             lease = self._store.grant_lease(self.cfg.lease_ttl_s, keepalive=True)
@@ -165,17 +166,17 @@ class Agent:
         self._store_up()
         self._lease = lease
         self._due = _Due()  # write everything again under the new lease, now
-        audit.emit("agent.registered", host=self.host, lease=f"{lease.id:x}", ttl_s=lease.ttl)
+        audit.emit(events.AGENT_REGISTERED, host=self.host, lease=f"{lease.id:x}", ttl_s=lease.ttl)
         return True
 
     def _store_down(self, e: Exception) -> None:
         if self._store_ok:
-            audit.warn("agent.store_unavailable", host=self.host, error=str(e))
+            audit.warn(events.AGENT_STORE_UNAVAILABLE, host=self.host, error=str(e))
         self._store_ok = False
 
     def _store_up(self) -> None:
         if not self._store_ok:
-            audit.emit("agent.store_recovered", host=self.host)
+            audit.emit(events.AGENT_STORE_RECOVERED, host=self.host)
         self._store_ok = True
 
     def _put_bound(self, key: str, value: bytes) -> bool:
@@ -188,7 +189,7 @@ class Agent:
             stop = getattr(self._lease, "stop_keepalive", None)  # both adapters have it; the protocol does not
             if stop is not None:
                 stop()
-            audit.warn("agent.lease_lost", host=self.host, lease=f"{self._lease.id:x}", ttl_s=self.cfg.lease_ttl_s)
+            audit.warn(events.AGENT_LEASE_LOST, host=self.host, lease=f"{self._lease.id:x}", ttl_s=self.cfg.lease_ttl_s)
             self._lease = None
             return False
         except StoreError as e:
@@ -213,7 +214,7 @@ class Agent:
             before = self.grades[name].grade
             self.grades[name] = step(self.grades[name], sample, self.cfg.hysteresis)
             if self.grades[name].grade is not before:
-                audit.emit("probe.graded", host=self.host, probe=name, **{"from": before.value},
+                audit.emit(events.PROBE_GRADED, host=self.host, probe=name, **{"from": before.value},
                            to=self.grades[name].grade.value, value=sample.value, threshold=sample.threshold,
                            reason=sample.reason)
         grade, reason, sample = combine(self.grades)
@@ -221,7 +222,7 @@ class Agent:
             self.reason = reason
             return ""
         old, self.grade, self.reason = self.grade, grade, reason
-        audit.emit("health.graded", host=self.host, **{"from": old.value}, to=grade.value, reason=reason,
+        audit.emit(events.HEALTH_GRADED, host=self.host, **{"from": old.value}, to=grade.value, reason=reason,
                    probe=sample.probe if sample else None, value=sample.value if sample else None,
                    threshold=sample.threshold if sample else None)
         return f"graded {grade.value} ({reason})"
@@ -285,7 +286,7 @@ class Agent:
             t.join()
         for name, report in sorted(reports.items()):
             if self._peer_reach.get(name) != report.libvirt_reachable:
-                audit.emit("witness.reported", host=name, witness=self.host, reachable=report.libvirt_reachable,
+                audit.emit(events.WITNESS_REPORTED, host=name, witness=self.host, reachable=report.libvirt_reachable,
                            detail=report.detail or None, lease_seen=report.lease_seen)
                 self._peer_reach[name] = report.libvirt_reachable
             self._put_bound(self._keys.witness(name, self.host), report.to_json())
@@ -325,5 +326,5 @@ class Agent:
             self._store_down(e)
             return ""
         if changed:
-            audit.emit("inventory.published", host=self.host, vms_changed=changed)
+            audit.emit(events.INVENTORY_PUBLISHED, host=self.host, vms_changed=changed)
         return "published inventory" + (f" and {len(changed)} VM definitions" if changed else "")

@@ -141,7 +141,7 @@ class Hypervisor(Protocol):
         """Make sure an active `dir` storage pool `name` targets `path` (idempotent).
 
         Storage migration needs it on the destination: libvirt then creates the VM's
-        local images there before copying them (DESIGN §3).
+        local images there before copying them (docs/runner.md).
         """
 
     def close(self) -> None: ...

@@ -1,4 +1,4 @@
-"""Deadlines for calls that can hang on a hung peer (DESIGN §3). No libvirt import here,
+"""Deadlines for calls that can hang on a hung peer (docs/architecture.md). No libvirt import here,
 so the runner can use it without pulling in the adapter."""
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """libvirt adapter of the Hypervisor seam. `import libvirt` happens here and nowhere else.
 
-libvirt errors become drctl errors at this edge (DESIGN §4). Calls that can hang on a
+libvirt errors become drctl errors at this edge (docs/architecture.md). Calls that can hang on a
 hung peer (open, and anything a caller marks) run with a deadline: a thread does the call
 and we stop waiting for it after `timeout_s`, raising HypervisorTimeout. The thread itself
-cannot be killed; it is a daemon and is abandoned (DESIGN §3: a SIGSTOPped libvirtd makes
+cannot be killed; it is a daemon and is abandoned (docs/runner.md: a SIGSTOPped libvirtd makes
 libvirt wait with no timeout).
 """
 from __future__ import annotations
@@ -95,7 +95,7 @@ def _stats(raw: dict[str, object], active: bool) -> JobStats:
         elapsed_ms=i("time_elapsed"),
         downtime_ms=int(downtime) if isinstance(downtime, (int, float)) else None,
         raw=dict(raw),
-        **{k: i(k) for k in _SAME_NAME},  # type: ignore[arg-type]
+        **{k: i(k) for k in _SAME_NAME},
     )
 
 
@@ -129,7 +129,7 @@ class LibvirtHypervisor:
         return self._call("hostname", self._conn.getHostname)
 
     def capacity(self) -> HostCapacity:
-        # getFreeMemory()/getInfo() report one NUMA node only: use all cells (DESIGN §3)
+        # getFreeMemory()/getInfo() report one NUMA node only: use all cells (docs/runner.md)
         mem = self._call(
             "memory stats", lambda: self._conn.getMemoryStats(libvirt.VIR_NODE_MEMORY_STATS_ALL_CELLS)
         )
@@ -147,7 +147,7 @@ class LibvirtHypervisor:
 
     def compare_cpu(self, cpu_xml: str) -> bool:
         # compareHypervisorCPU, not compareCPU: the latter compares with the physical CPU
-        # and calls even qemu64 incompatible under TCG (DESIGN §3)
+        # and calls even qemu64 incompatible under TCG (docs/runner.md)
         res = self._call(
             "compare cpu",
             lambda: self._conn.compareHypervisorCPU(None, "x86_64", "pc", "qemu", cpu_xml, 0),
@@ -260,7 +260,7 @@ class LibvirtHypervisor:
         if params.postcopy:
             flags |= libvirt.VIR_MIGRATE_POSTCOPY
             if params.postcopy_bandwidth_mibs:
-                # uncapped otherwise (DESIGN §3)
+                # uncapped otherwise (docs/runner.md)
                 p[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH_POSTCOPY] = int(params.postcopy_bandwidth_mibs)
         if params.max_downtime_ms:
             self.set_max_downtime(name, params.max_downtime_ms)

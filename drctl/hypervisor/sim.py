@@ -11,6 +11,7 @@ import re
 import threading
 import uuid as uuidlib
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from drctl.clock import Clock, SystemClock
 from drctl.model.errors import (
@@ -64,8 +65,8 @@ class SimCluster:
         self.fail_next_migrations: dict[str, type[Exception]] = {}  # vm -> error to raise once
         self.lock = threading.RLock()
 
-    def add_host(self, name: str, **kw: object) -> SimHost:
-        host = SimHost(name, **kw)  # type: ignore[arg-type]
+    def add_host(self, name: str, **kw: Any) -> SimHost:  # kw: SimHost's fields
+        host = SimHost(name, **kw)
         self.hosts[name] = host
         return host
 

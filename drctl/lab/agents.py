@@ -152,3 +152,20 @@ def wait_reporting(cfg: LabConfig, hosts: list[str], timeout_s: float) -> None:
     if missing:
         logs = ", ".join(str(agent_dir(cfg, h) / "agent.log") for h in missing)
         raise ConfigError(f"agents of {', '.join(missing)} did not report within {timeout_s:.0f}s (logs: {logs})")
+
+
+def start_host_processes(cfg: LabConfig, state: LabState, rec: HostRecord) -> list[str]:
+    """Power one lab host on: its libvirtd, relay and agent, whichever is not running
+    (the lab fence agent's `on`). Returns what was started; the state is saved."""
+    from drctl.lab.cluster import start_host
+
+    started = []
+    if start_host(cfg, state, rec):
+        started.append("libvirtd")
+    state.save(cfg)
+    if _start_relay(cfg, state, rec):
+        started.append("relay")
+    if _start_agent(cfg, state, rec):
+        started.append("agent")
+    state.save(cfg)
+    return started

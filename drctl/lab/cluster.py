@@ -1,4 +1,4 @@
-"""A lab of real libvirt hosts and one etcd member on one machine (DESIGN §3).
+"""A lab of real libvirt hosts and one etcd member on one machine (docs/lab.md).
 
 Each lab host is one `libvirtd` in its own mount and hostname namespace, with private bind
 mounts over libvirt's directories and /etc/hosts, its own host UUID, loopback address
@@ -274,10 +274,15 @@ def libvirt_responds(uri: str, timeout_s: float = 3.0) -> bool:
 
 
 def start_host(cfg: LabConfig, state: LabState, rec: HostRecord) -> bool:
-    """Start a lab host's libvirtd unless it already runs and answers; True if started."""
+    """Start a lab host's libvirtd unless it already runs and answers; True if started.
+
+    Only libvirtd is (re)started: guests that still run keep running and the new libvirtd
+    takes them over, as after a libvirtd restart on a real host. (This used to stop the
+    host's QEMU guests too, so `lab up` after a libvirtd crash acted like a power cycle.)"""
     if pid_alive(rec.pid, "libvirtd") and libvirt_responds(rec.uri):
         return False
-    stop_host(cfg, rec)
+    stop_pid(rec.pid, "libvirtd")
+    rec.pid = 0
     if _listening(rec.addr, cfg.libvirt_port):
         raise ConfigError(f"{rec.addr}:{cfg.libvirt_port} is already taken by a process this lab did not "
                           f"start (another lab in a different directory?); stop it or pick --addr-prefix")
@@ -290,6 +295,15 @@ def start_host(cfg: LabConfig, state: LabState, rec: HostRecord) -> bool:
     log = _host_dir(cfg, rec.name) / "log" / "libvirtd.log"
     _wait(lambda: libvirt_responds(rec.uri, 2), 30, f"libvirtd of {rec.name} at {rec.uri} (log {log})")
     return True
+
+
+def restart_libvirtd(cfg: LabConfig, state: LabState, rec: HostRecord) -> int:
+    """Restart one host's libvirtd alone (SIGTERM, then a new one); its guests keep
+    running. Returns the new libvirtd's pid."""
+    stop_pid(rec.pid, "libvirtd")
+    rec.pid = 0
+    start_host(cfg, state, rec)
+    return rec.pid
 
 
 def _listening(addr: str, port: int) -> bool:
@@ -325,7 +339,7 @@ def stop_host(cfg: LabConfig, rec: HostRecord) -> None:
 
 
 @contextlib.contextmanager
-def _locked(cfg: LabConfig) -> Iterator[None]:
+def locked(cfg: LabConfig) -> Iterator[None]:
     """Serialise up/down of one lab directory across processes (two test sessions, a
     test and an operator) so neither sees the other's half-written state."""
     cfg.dir.mkdir(parents=True, exist_ok=True)
@@ -349,7 +363,7 @@ def up(cfg: LabConfig, hosts: int, install: bool = True, echo=print, agents: boo
         missing = ensure_packages()
         if missing:
             echo(f"installed {' '.join(missing)}")
-    with _locked(cfg):
+    with locked(cfg):
         return _up(cfg, hosts, echo, agents, controllers)
 
 
@@ -383,7 +397,7 @@ def _up(cfg: LabConfig, hosts: int, echo, agents: bool = True,  # type: ignore[n
 
 def down(cfg: LabConfig, echo=print) -> None:  # type: ignore[no-untyped-def]
     """Stop everything the lab started, by PID, and leave no process behind."""
-    with _locked(cfg):
+    with locked(cfg):
         _down(cfg, echo)
 
 

@@ -2,7 +2,7 @@
 
 `mark` notes the last tick before a move; `check` waits for a newer one. A tick count
 below the mark, or an uptime that went backwards, means the guest rebooted (a TCG guest
-panics after arrival about once in 25 throttled migrations, DESIGN §3): unhealthy.
+panics after arrival about once in 25 throttled migrations, docs/lab.md): unhealthy.
 """
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from drctl.hypervisor import DomainState, Hypervisor
 from drctl.lab.cluster import LabConfig
@@ -74,3 +75,9 @@ class ConsoleTicks:
                 return Health(True, f"guest alive: tick {now.count}, up {now.uptime_s:.0f}s")
             pace.wait(self.poll_s)
         return Health(False, f"no new console tick within {timeout_s:.0f}s (last {before})")
+
+
+def console_ticks(lab_dir: str) -> ConsoleTicks:
+    """The controller's guest-health plugin for lab guests (drctl/control/plugins.py):
+    `guest_health: {plugin: "drctl.lab.console_health:console_ticks", options: {lab_dir: DIR}}`."""
+    return ConsoleTicks(LabConfig(dir=Path(lab_dir)))

@@ -5,8 +5,10 @@
     <lab>/controllers/ctl-N/controller.log   what it printed
 
 Each replica talks to the lab's etcd directly (controllers are not hypervisor hosts, so
-they are not behind a host's relay), fences with the lab's power switch and judges guest
-health by console ticks.
+they are not behind a host's relay). It is configured as production replicas are: it
+fences through the command fence agent (here the lab's, `python -m drctl.lab.fence_agent`,
+in the fence-agents convention, one `plug=` per host) and judges guest health through
+the guest-health plugin seam (here console ticks, drctl/lab/console_health.py).
 """
 from __future__ import annotations
 
@@ -28,8 +30,28 @@ def controller_key(name: str) -> str:
     return f"controller:{name}"
 
 
+def fence_agent_config(cfg: LabConfig, hosts: list[str]) -> dict:
+    """The lab's fence agent as a `type: command` agent, like fence_ipmilan with one
+    plug per host (the lab policy fences with the agent named `lab`)."""
+    return {
+        "type": "command",
+        "command": [sys.executable, "-m", "drctl.lab.fence_agent"],
+        "timeout": "30s",
+        "options": {"lab_dir": str(cfg.dir)},
+        "hosts": {h: {"plug": h} for h in hosts},
+    }
+
+
+def guest_health_config(cfg: LabConfig) -> dict:
+    return {"plugin": "drctl.lab.console_health:console_ticks", "options": {"lab_dir": str(cfg.dir)}}
+
+
 def controller_config(cfg: LabConfig, name: str, policy: Path = LAB_POLICY) -> dict:
     d = controller_dir(cfg, name)
+    # plugs for the hosts the lab has now: replicas started before `up --hosts` grew the lab
+    # cannot fence the new hosts until they are restarted (`drctl lab up` keeps them)
+    state = LabState.load(cfg)
+    hosts = sorted(state.hosts, key=lambda h: state.hosts[h].n)
     return {
         "etcd": {"endpoints": [cfg.etcd_endpoint], "prefix": "/drctl/", "timeout": "2s"},
         "controller": {
@@ -38,10 +60,9 @@ def controller_config(cfg: LabConfig, name: str, policy: Path = LAB_POLICY) -> d
             "lease_ttl": "2s",
             "tick_interval": "500ms",
             "audit_file": str(d / "audit.jsonl"),
-            "guest_health": "lab",
-            "lab_dir": str(cfg.dir),
+            "guest_health": guest_health_config(cfg),
             "runner": {"enabled": True, "lease_ttl": "2s"},
-            "fence_agents": {"lab": {"type": "lab", "lab_dir": str(cfg.dir)}},
+            "fence_agents": {"lab": fence_agent_config(cfg, hosts)},
         },
     }
 

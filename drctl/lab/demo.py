@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from drctl.audit import events
 from drctl.hypervisor import MigrationParams
 from drctl.hypervisor.libvirt_adapter import connect
 from drctl.lab import cluster, faults, guests
@@ -58,20 +59,20 @@ def migration_demo(cfg: cluster.LabConfig, echo: Echo, vm: str = "demo-1") -> di
 
 
 _SHOWN = {
-    "controller.elected": lambda e: f"{e['component']} leads (term {e.get('term')})",
-    "incident.opened": lambda e: f"incident {e['incident']} opened: {e.get('trigger')}",
-    "evidence.recorded": lambda e: f"  evidence on {e['host']}: {e.get('kind')}: {str(e.get('detail'))[:90]}",
-    "fence.requested": lambda e: f"  fencing {e['host']} with agent {e.get('agent')}",
-    "fence.succeeded": lambda e: f"  fenced {e['host']}: {e.get('detail')}",
-    "fence.failed": lambda e: f"  FENCING FAILED on {e['host']}: {e.get('error')}",
-    "placement.decided": lambda e: f"  {e['vm']}: {e['src']} -> {e['dst']} (score {e.get('score')}, "
+    events.CONTROLLER_ELECTED: lambda e: f"{e['component']} leads (term {e.get('term')})",
+    events.INCIDENT_OPENED: lambda e: f"incident {e['incident']} opened: {e.get('trigger')}",
+    events.EVIDENCE_RECORDED: lambda e: f"  evidence on {e['host']}: {e.get('kind')}: {str(e.get('detail'))[:90]}",
+    events.FENCE_REQUESTED: lambda e: f"  fencing {e['host']} with agent {e.get('agent')}",
+    events.FENCE_SUCCEEDED: lambda e: f"  fenced {e['host']}: {e.get('detail')}",
+    events.FENCE_FAILED: lambda e: f"  FENCING FAILED on {e['host']}: {e.get('error')}",
+    events.PLACEMENT_DECIDED: lambda e: f"  {e['vm']}: {e['src']} -> {e['dst']} (score {e.get('score')}, "
                                    f"{sum(1 for c in e.get('candidates', []) if c.get('eligible'))} eligible)",
-    "migration.completed": lambda e: f"  {e['vm']} live-migrated to {e.get('dst')}: {e.get('total_ms')} ms, "
+    events.MIGRATION_COMPLETED: lambda e: f"  {e['vm']} live-migrated to {e.get('dst')}: {e.get('total_ms')} ms, "
                                      f"downtime {e.get('downtime_ms')} ms",
-    "vm.restarted": lambda e: f"  {e['vm']} restarted on {e['dst']}",
-    "vm.verified": lambda e: f"  {e['vm']} verified on {e.get('host')}: {str(e.get('detail'))[:80]}",
-    "controller.froze": lambda e: f"FROZEN: {e.get('reason')}",
-    "incident.closed": lambda e: f"incident {e['incident']} closed: {e.get('outcome')}",
+    events.VM_RESTARTED: lambda e: f"  {e['vm']} restarted on {e['dst']}",
+    events.VM_VERIFIED: lambda e: f"  {e['vm']} verified on {e.get('host')}: {str(e.get('detail'))[:80]}",
+    events.CONTROLLER_FROZE: lambda e: f"FROZEN: {e.get('reason')}",
+    events.INCIDENT_CLOSED: lambda e: f"incident {e['incident']} closed: {e.get('outcome')}",
 }
 
 
@@ -161,11 +162,11 @@ def controller_demo(cfg: cluster.LabConfig, echo: Echo) -> None:
     try:
         echo("== 3. labhost1 reports corrected memory errors (EDAC): degraded -> live evacuation")
         faults.inject(cfg, "labhost1", "memory-errors", echo=lambda m: echo(f"   inject: {m}"))
-        timeline.wait_for("incident.closed", lambda e: e.get("host") == "labhost1", 300)
+        timeline.wait_for(events.INCIDENT_CLOSED, lambda e: e.get("host") == "labhost1", 300)
 
         echo("== 4. labhost2 loses power: libvirtd, its QEMU guests and its agent are killed")
         faults.inject(cfg, "labhost2", "host-kill", echo=lambda m: echo(f"   inject: {m}"))
-        timeline.wait_for("incident.closed", lambda e: e.get("host") == "labhost2", 300)
+        timeline.wait_for(events.INCIDENT_CLOSED, lambda e: e.get("host") == "labhost2", 300)
     finally:
         timeline.stop()
 

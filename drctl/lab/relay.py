@@ -1,7 +1,7 @@
 """A tiny TCP relay: `python -m drctl.lab.relay LISTEN_ADDR:PORT TARGET_ADDR:PORT`.
 
 Each lab agent reaches etcd through its own relay on its host's loopback address, so the
-lab can cut one host off from etcd while its libvirtd stays reachable (DESIGN §3):
+lab can cut one host off from etcd while its libvirtd stays reachable (docs/lab.md):
 SIGSTOP the relay and every byte stops (the agent's lease expires about a TTL after its
 last refresh); SIGCONT and traffic flows again on the same connections. SIGUSR1 switches
 to resetting every connection (established and new) until SIGUSR2.

@@ -9,11 +9,11 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Mapping
+from typing import Iterable, Mapping
 
 
 class HostState(str, Enum):
-    """Graded host state, as the controller sees it (DESIGN §2 flows 1-2)."""
+    """Graded host state, as the controller sees it (docs/health.md, "Host state")."""
 
     HEALTHY = "healthy"
     DEGRADED = "degraded"
@@ -170,6 +170,26 @@ class PlacementRules:
     spare_mode: SpareMode = SpareMode.AVOID
 
 
+class EscalationStep(str, Enum):
+    """What the runner tries, in the policy's order, when a live migration does not converge."""
+
+    RAISE_DOWNTIME = "raise-downtime"  # allow a longer switch-over pause
+    AUTO_CONVERGE = "auto-converge"  # restart the job with QEMU throttling the guest's vCPUs
+    POST_COPY = "post-copy"  # switch over now, pull the rest of memory on demand
+    ABORT = "abort"  # give up; the VM stays on the source
+
+
+DEFAULT_ESCALATION: tuple[EscalationStep, ...] = (
+    EscalationStep.RAISE_DOWNTIME, EscalationStep.AUTO_CONVERGE, EscalationStep.POST_COPY, EscalationStep.ABORT)
+
+
+def escalation_steps(names: Iterable[str]) -> tuple[EscalationStep, ...]:
+    """Steps named in a stored record, in order. Unknown names are skipped: the runner has
+    always ignored steps it does not know, and a record must not fail to load over one."""
+    known = {s.value: s for s in EscalationStep}
+    return tuple(known[str(n)] for n in names if str(n) in known)
+
+
 @dataclass(frozen=True)
 class Limits:
     """Concurrency, bandwidth and timing limits for moves. Compiled from a policy."""
@@ -181,7 +201,7 @@ class Limits:
     bandwidth_total_mibs: float = 256.0  # shared budget across concurrent migrations
     max_downtime_ms: int = 300  # QEMU's default
     timeout_s_per_gib: float = 120.0
-    escalation: tuple[str, ...] = ("raise-downtime", "auto-converge", "post-copy", "abort")
+    escalation: tuple[EscalationStep, ...] = DEFAULT_ESCALATION
 
 
 # ---------------------------------------------------------------- intents

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -37,7 +38,7 @@ class _Invalid(Exception):
 
 
 def _int(minimum: int) -> Callable[[Any, str], int]:
-    def read(value: Any, path: str) -> int:
+    def read(value: object, path: str) -> int:  # object, not Any: the checks below narrow it
         # bool is an int in Python; `true` as a memory size is a mistake, not 1 MiB
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
@@ -91,7 +92,7 @@ def _labels(value: Any, path: str) -> dict[str, str]:
     return {_str(k, path): _str(v, f"{path}.{k}") for k, v in value.items()}
 
 
-def _enum(kind: type) -> Callable[[Any, str], Any]:
+def _enum(kind: type[Enum]) -> Callable[[Any, str], Any]:
     def read(value: Any, path: str) -> Any:
         try:
             return kind(value)

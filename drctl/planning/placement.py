@@ -9,7 +9,7 @@ best-scoring host down, until one passes the dynamic checks (memory, anti-affini
 Both paths share the same check and score functions, so `choose` is always the first
 eligible candidate of `evaluate`.
 
-Rules (see README.md, "Placement rules"):
+Rules (see docs/planning.md, "Placement rules"):
 - memory: free memory minus what this plan already reserved must cover the VM and leave
   `memory_headroom_pct` of the host's memory free. The memory a VM leaves behind on its
   source is not credited until the move is done (conservative during a plan).
@@ -19,7 +19,7 @@ Rules (see README.md, "Placement rules"):
   hypervisor version must not be older than the source's (when both are known).
 - disks: a shared disk needs its pool on the destination; a local disk needs a pool of that
   name to create the image in (libvirt's storage copy fails with "Storage pool not found"
-  otherwise); a local disk with no pool named is pre-created by the runner (`qemu-img`).
+  otherwise); a local disk with no pool named gets a `dir` pool from the runner (docs/runner.md).
 - anti-affinity: no other VM of the group on the host; with
   `spread_anti_affinity_across_domains`, none in the host's failure domain either (a host
   without the failure-domain label is a domain of its own).
@@ -180,7 +180,7 @@ def _is_spare(host: Host, rules: PlacementRules) -> bool:
     return rules.spare_hosts is not None and rules.spare_hosts.matches(host)
 
 
-def _class_key(host: Host, rules: PlacementRules, exclude: frozenset[str]) -> tuple:
+def _class_key(host: Host, rules: PlacementRules, exclude: frozenset[str]) -> tuple[object, ...]:
     return (
         host.name in exclude,
         host.state,
@@ -337,7 +337,7 @@ class _Index:
 
     def __init__(self, snap: Snapshot, rules: PlacementRules, exclude: frozenset[str], ledger: Ledger) -> None:
         self.snap, self.rules, self.exclude, self.ledger = snap, rules, exclude, ledger
-        self.classes: dict[tuple, _HostClass] = {}
+        self.classes: dict[tuple[object, ...], _HostClass] = {}
         self.class_of: dict[str, _HostClass] = {}
         self._keys: dict[str, tuple[tuple[float, str], tuple[float, str]]] = {}
         self._usable: dict[_Needs, list[tuple[float, _HostClass]]] = {}

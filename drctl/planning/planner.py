@@ -2,7 +2,7 @@
 
 Placement picks each destination; the planner decides the order (priority first, then
 larger VMs, which pack worse when left for last), reserves capacity in one Ledger as it
-goes, predicts each move's duration with the pre-copy model of DESIGN §3, and groups the
+goes, predicts each move's duration with the pre-copy model of docs/planning.md, and groups the
 moves into waves that respect the concurrency limits and the shared bandwidth budget.
 Waves run one after another, so the predicted makespan is the sum of the longest move of
 each wave: a barrier schedule, pessimistic but easy to execute and to explain.
@@ -19,7 +19,7 @@ from drctl.model.cluster import VM, HostState, IntentKind, Limits, Move, Placeme
 
 # Used when a VM's dirty rate has not been observed: a mostly idle server guest.
 ASSUMED_DIRTY_RATE_MIBS = 4.0
-# A restart (dead source) is define + boot; 128 MiB TCG guests boot in 4-7 s (DESIGN §3).
+# A restart (dead source) is define + boot; 128 MiB TCG guests boot in 4-7 s (docs/planning.md).
 RESTART_S = 10.0
 
 VM_ORDERS = ("priority", "size", "name")
@@ -69,7 +69,7 @@ class Plan:
 def predict_precopy(
     memory_mib: float, bandwidth_mibs: float, dirty_rate_mibs: float, max_downtime_ms: float
 ) -> tuple[float, float, int]:
-    """(seconds, downtime_ms, iterations) of a pre-copy live migration (DESIGN §3).
+    """(seconds, downtime_ms, iterations) of a pre-copy live migration (docs/planning.md).
 
     Round i sends M·λⁱ with λ = R/B; the migration stops after round n, the first whose
     remainder fits in the downtime limit: downtime = (M/B)·λⁿ, total = (M/B)(1−λⁿ⁺¹)/(1−λ).

@@ -2,7 +2,7 @@
 
     from drctl.policy import load_policy, compile_policy, Policy
 
-See README.md, "Evacuation policies", for the format. Compilation validates everything and raises
+See docs/policies.md for the format. Compilation validates everything and raises
 PolicyError (a ConfigError) naming file:line:column and field for each problem; the
 compiled Policy is frozen and answers the controller's questions (`rule_for`,
 `Rule.action_for`, `Rule.order_vms`, `apply_groups`) without failing.

@@ -47,7 +47,8 @@ def load_policies(directory: str | Path) -> list[Policy]:
     directory = Path(directory)
     if not directory.is_dir():
         raise PolicyError([Problem(str(directory), 1, 1, "", "not a directory")])
-    policies, problems = [], []
+    policies: list[Policy] = []
+    problems: list[Problem] = []
     for path in sorted(directory.glob("*.yaml")):
         try:
             policies.append(load_policy(path))
@@ -86,7 +87,8 @@ def _policy(r: Reader, root: yaml.Node) -> Policy:
     limits = r.attempt(lambda: read_limits(r, f.get("limits"), "limits"), None)
     evidence = r.attempt(lambda: read_evidence(r, f.get("evidence"), "evidence"), None)
     rebalance = r.attempt(lambda: read_rebalance(r, f.get("rebalance"), "rebalance"), None)
-    if r.problems or None in (version, name, placement, limits, evidence, rebalance):
+    if (r.problems or version is None or name is None or placement is None or limits is None
+            or evidence is None or rebalance is None):
         raise Invalid()
 
     actions, drops = resolve_shadowed(rules)

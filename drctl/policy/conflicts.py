@@ -24,10 +24,8 @@ from typing import Iterable
 import yaml
 
 from drctl.model.cluster import HostAffinity, HostSelector
-from drctl.policy.sections import HostRule
+from drctl.policy.sections import HostRule, HostRuleKind
 from drctl.policy.types import DroppedRule, Group, Rule, Trigger, TriggerKind
-
-_POSITIVE = {"must": True, "prefer": True, "must-not": False, "avoid": False}
 
 
 def dropped(node: yaml.Node, path: str, why: str) -> DroppedRule:
@@ -61,10 +59,10 @@ def resolve_host_rules(rules: Iterable[HostRule]) -> tuple[tuple[HostAffinity, .
         if clash is None:
             kept.append(rule)
             continue
-        if clash.kind == rule.kind == "must":
+        if clash.kind is rule.kind is HostRuleKind.MUST:
             why = f"'must' hosts cannot overlap with the 'must' hosts of {clash.path} for the same VMs"
         else:
-            why = f"'{rule.kind}' contradicts '{clash.kind}' of {clash.path} for the same VMs and hosts"
+            why = f"'{rule.kind.value}' contradicts '{clash.kind.value}' of {clash.path} for the same VMs and hosts"
         drops.append(dropped(rule.node, rule.path, f"{why}; the earlier rule wins"))
     return tuple(_compile_host_rule(k) for k in kept), drops
 
@@ -72,9 +70,9 @@ def resolve_host_rules(rules: Iterable[HostRule]) -> tuple[tuple[HostAffinity, .
 def _contradict(a: HostRule, b: HostRule) -> bool:
     if a.vms != b.vms:
         return False
-    if _POSITIVE[a.kind] != _POSITIVE[b.kind]:
+    if a.kind.positive != b.kind.positive:
         return a.hosts == b.hosts
-    return a.kind == b.kind == "must" and _disjoint(a.hosts, b.hosts)
+    return a.kind is b.kind is HostRuleKind.MUST and _disjoint(a.hosts, b.hosts)
 
 
 def _disjoint(a: HostSelector, b: HostSelector) -> bool:
@@ -89,8 +87,8 @@ def _literal(names: tuple[str, ...]) -> bool:
 
 
 def _compile_host_rule(rule: HostRule) -> HostAffinity:
-    hosts = rule.hosts if _POSITIVE[rule.kind] else HostSelector(exclude=rule.hosts)
-    return HostAffinity(vms=rule.vms, hosts=hosts, required=rule.kind in ("must", "must-not"))
+    hosts = rule.hosts if rule.kind.positive else HostSelector(exclude=rule.hosts)
+    return HostAffinity(vms=rule.vms, hosts=hosts, required=rule.kind.required)
 
 
 def resolve_shadowed(rules: Iterable[tuple[Rule, yaml.Node]]) -> tuple[tuple[Rule, ...], list[DroppedRule]]:

@@ -16,6 +16,7 @@ import yaml
 from drctl.model.errors import ConfigError
 
 T = TypeVar("T")
+D = TypeVar("D")  # a default may differ in type from what the reader returns (None, (), {})
 _STD = "tag:yaml.org,2002:"
 _SCALAR_TAGS = {_STD + t for t in ("str", "int", "float", "bool", "null", "timestamp")}
 _TYPE_NAMES = {
@@ -66,7 +67,7 @@ class Reader:
         self.report(node, path, message)
         return Invalid()
 
-    def attempt(self, fn: Callable[[], T], default: T) -> T:
+    def attempt(self, fn: Callable[[], T], default: D) -> T | D:
         """Run one field's reader; on a reported problem, go on with `default`."""
         try:
             return fn()

@@ -21,7 +21,7 @@ from drctl.model.cluster import HostState
 from drctl.policy.reader import Invalid, Reader, join
 from drctl.policy.selectors import host_selector, vm_selector
 from drctl.policy.types import Action, ActionSpec, Order, Override, Rule, Trigger, TriggerKind
-from drctl.policy.units import parse_duration, parse_percent, parse_window
+from drctl.policy.units import Window, parse_duration, parse_percent, parse_window
 
 RULE_KEYS = ("name", "when", "hosts", "vms", "action", "fallback", "order", "overrides")
 WHEN_KEYS = ("state", "for", "maintenance", "imbalance", "windows")
@@ -72,8 +72,8 @@ def _rule(r: Reader, node: yaml.Node, path: str, index: int) -> Rule:
     overrides = r.attempt(lambda: tuple(r.each(
         f["overrides"], join(path, "overrides"),
         lambda n, p: _override(r, n, p, trigger))) if "overrides" in f else (), None)
-    parts = (name, trigger, hosts, vms, spec, order, overrides)
-    if any(p is None for p in parts):
+    if (name is None or trigger is None or hosts is None or vms is None or spec is None
+            or order is None or overrides is None):
         raise Invalid()
     if trigger.kind is TriggerKind.IMBALANCE and not spec.action.live:
         raise r.fail(f["action"], join(path, "action"),
@@ -84,25 +84,25 @@ def _rule(r: Reader, node: yaml.Node, path: str, index: int) -> Rule:
 
 def _trigger(r: Reader, node: yaml.Node, path: str) -> Trigger:
     f = r.mapping(node, path, WHEN_KEYS)
-    kinds = [k for k in ("state", "maintenance", "imbalance") if k in f]
+    kinds = [k for k in TriggerKind if k.value in f]
     if len(kinds) != 1:
-        got = f" (got {', '.join(kinds)})" if kinds else ""
+        got = f" (got {', '.join(k.value for k in kinds)})" if kinds else ""
         raise r.fail(node, path, f"needs exactly one of state, maintenance, imbalance{got}")
-    if "for" in f and kinds[0] != "state":
+    if "for" in f and kinds[0] is not TriggerKind.STATE:
         raise r.fail(f["for"], join(path, "for"), "'for' applies only to a host state")
-    windows = ()
+    windows: tuple[Window, ...] = ()
     if "windows" in f:
         windows = tuple(r.each(f["windows"], join(path, "windows"),
                                lambda n, p: r.parsed(n, p, parse_window), scalar_ok=True))
     kind = kinds[0]
-    value, value_path = f[kind], join(path, kind)
-    if kind == "state":
+    value, value_path = f[kind.value], join(path, kind.value)
+    if kind is TriggerKind.STATE:
         states = r.each(value, value_path, lambda n, p: HostState(r.choice(n, p, _STATES)), scalar_ok=True)
         if isinstance(value, yaml.SequenceNode) and not value.value:
             raise r.fail(value, value_path, f"name at least one state ({', '.join(_STATES)})")
         hold = r.parsed(f["for"], join(path, "for"), parse_duration) if "for" in f else 0.0
         return Trigger(TriggerKind.STATE, states=frozenset(states), hold_s=hold, windows=windows)
-    if kind == "maintenance":
+    if kind is TriggerKind.MAINTENANCE:
         r.choice(value, value_path, ("requested",))
         return Trigger(TriggerKind.MAINTENANCE, windows=windows)
     return Trigger(TriggerKind.IMBALANCE, threshold_pct=r.parsed(value, value_path, _above), windows=windows)

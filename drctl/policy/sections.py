@@ -6,10 +6,12 @@ they exist); omitted keys keep the safe defaults of PlacementRules / Limits.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from enum import Enum
+from typing import Any, Callable
 
 import yaml
 
-from drctl.model.cluster import HostSelector, Limits, PlacementRules, SpareMode, VMSelector
+from drctl.model.cluster import EscalationStep, HostSelector, Limits, PlacementRules, SpareMode, VMSelector
 from drctl.policy.reader import Reader, join
 from drctl.policy.rules import read_name
 from drctl.policy.selectors import host_selector, vm_selector
@@ -21,15 +23,31 @@ PLACEMENT_KEYS = ("memory_headroom", "failure_domain", "spread_groups_across_dom
 LIMITS_KEYS = ("concurrency", "bandwidth", "max_downtime", "timeout_per_gib", "escalation", "blast_radius")
 EVIDENCE_KEYS = ("require", "witness_quorum", "fence_agent")
 REBALANCE_KEYS = ("target_spread", "max_moves")
-HOST_RULES = ("must", "prefer", "must-not", "avoid")
-ESCALATION_STEPS = ("raise-downtime", "auto-converge", "post-copy", "abort")
+
+
+class HostRuleKind(str, Enum):
+    """`rule` of a `placement.host_affinity` entry."""
+
+    MUST = "must"  # only on these hosts
+    PREFER = "prefer"  # these hosts first
+    MUST_NOT = "must-not"  # never on these hosts
+    AVOID = "avoid"  # these hosts last
+
+    @property
+    def positive(self) -> bool:
+        """Toward the hosts (must, prefer) rather than away from them (must-not, avoid)."""
+        return self in (HostRuleKind.MUST, HostRuleKind.PREFER)
+
+    @property
+    def required(self) -> bool:
+        return self in (HostRuleKind.MUST, HostRuleKind.MUST_NOT)
 
 
 @dataclass(frozen=True)
 class HostRule:
     """One `placement.host_affinity` entry as written, before conflict checks compile it."""
 
-    kind: str  # one of HOST_RULES
+    kind: HostRuleKind
     vms: VMSelector
     hosts: HostSelector
     node: yaml.Node
@@ -53,7 +71,7 @@ def read_placement(r: Reader, node: yaml.Node | None, path: str) -> Placement:
         return Placement(rules)
     f = r.mapping(node, path, PLACEMENT_KEYS)
     sub = _sub(path)
-    changes: dict[str, object] = {}
+    changes: dict[str, Any] = {}  # field name -> value, for dataclasses.replace
     if "memory_headroom" in f:
         changes["memory_headroom_pct"] = r.attempt(lambda: _headroom(r, f["memory_headroom"], sub("memory_headroom")), 10.0)
     if "failure_domain" in f:
@@ -96,7 +114,7 @@ def _host_rule(r: Reader, node: yaml.Node, path: str) -> HostRule:
     missing = [k for k in ("vms", "hosts", "rule") if k not in f]
     if missing:
         raise r.fail(node, path, f"missing required key {missing[0]!r}")
-    kind = r.choice(f["rule"], join(path, "rule"), HOST_RULES)
+    kind = HostRuleKind(r.choice(f["rule"], join(path, "rule"), [k.value for k in HostRuleKind]))
     vms = vm_selector(r, f["vms"], join(path, "vms"))
     hosts = host_selector(r, f["hosts"], join(path, "hosts"))
     if hosts == HostSelector():
@@ -104,7 +122,7 @@ def _host_rule(r: Reader, node: yaml.Node, path: str) -> HostRule:
     return HostRule(kind, vms, hosts, node, path)
 
 
-def _groups(r: Reader, node: yaml.Node, path: str):
+def _groups(r: Reader, node: yaml.Node, path: str) -> tuple[tuple[tuple[Group, yaml.Node, str], ...], ...]:
     f = r.mapping(node, path, ("affinity", "anti_affinity"))
     seen: set[str] = set()
 
@@ -133,7 +151,7 @@ def read_limits(r: Reader, node: yaml.Node | None, path: str) -> tuple[Limits, E
         return Limits(), Escalation(), BlastRadius()
     f = r.mapping(node, path, LIMITS_KEYS)
     sub = _sub(path)
-    changes: dict[str, object] = {}
+    changes: dict[str, Any] = {}  # field name -> value, for dataclasses.replace
     if "concurrency" in f:
         changes.update(r.attempt(lambda: _concurrency(r, f["concurrency"], sub("concurrency")), {}))
     if "bandwidth" in f:
@@ -197,10 +215,11 @@ def _escalation(r: Reader, node: yaml.Node, path: str) -> Escalation:
     steps = e.steps
     if "steps" in f:
         steps = tuple(r.each(f["steps"], join(path, "steps"),
-                             lambda n, p: r.choice(n, p, ESCALATION_STEPS), scalar_ok=True))
+                             lambda n, p: EscalationStep(r.choice(n, p, [s.value for s in EscalationStep])),
+                             scalar_ok=True))
         if len(set(steps)) != len(steps):
             raise r.fail(f["steps"], join(path, "steps"), "a step is listed twice")
-        if "abort" in steps and steps[-1] != "abort":
+        if EscalationStep.ABORT in steps and steps[-1] is not EscalationStep.ABORT:
             raise r.fail(f["steps"], join(path, "steps"), "steps after 'abort' would never run: put abort last")
     stall = _positive_duration(r, f["stall_after"], join(path, "stall_after")) if "stall_after" in f else e.stall_s
     progress = r.parsed(f["min_progress"], join(path, "min_progress"), parse_percent) if "min_progress" in f else e.min_progress_pct
@@ -252,6 +271,6 @@ def read_rebalance(r: Reader, node: yaml.Node | None, path: str) -> tuple[Rebala
     return Rebalance(target_spread_pct=spread, max_moves=moves), f.get("target_spread")
 
 
-def _sub(path: str):
+def _sub(path: str) -> Callable[[str], str]:
     return lambda key: join(path, key)
 

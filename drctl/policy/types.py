@@ -11,6 +11,8 @@ from enum import Enum
 from typing import Iterable
 
 from drctl.model.cluster import (
+    DEFAULT_ESCALATION,
+    EscalationStep,
     Host,
     HostSelector,
     HostState,
@@ -155,7 +157,7 @@ class Group:
 class Escalation:
     """What the runner tries, in order, when a live migration does not converge."""
 
-    steps: tuple[str, ...] = ("raise-downtime", "auto-converge", "post-copy", "abort")
+    steps: tuple[EscalationStep, ...] = DEFAULT_ESCALATION
     stall_s: float = 30.0  # no progress in remaining bytes for this long = stalled
     min_progress_pct: float = 1.0  # less progress than this per stall_s counts as none
     max_downtime_ms: int = 2000  # ceiling for raise-downtime
@@ -188,7 +190,7 @@ class Evidence:
     """What must be proven before a dead host's VMs are restarted elsewhere."""
 
     # Fencing is required only when a policy names a fence agent for it: without one the
-    # lease and the witnesses are the evidence (DESIGN §2 flow 5, "or the evidence quorum").
+    # lease and the witnesses are the evidence (docs/controller.md, "Dead hosts: evidence and fencing").
     required: frozenset[EvidenceKind] = frozenset({EvidenceKind.LEASE_EXPIRED, EvidenceKind.WITNESSES})
     witness_quorum: int | None = None  # None = a majority of each host's witnesses (health.grading.quorum_for)
     fence_agent: str | None = None  # name of an agent in the controller's configuration

@@ -9,10 +9,19 @@ whole migration ran past its completion timeout (per GiB).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from drctl.hypervisor import JobStats
+from drctl.model.cluster import EscalationStep, escalation_steps
 
-STEPS = ("raise-downtime", "auto-converge", "post-copy", "abort")
+
+class IterationSample(Protocol):
+    """The two figures of a migration job sample the detector needs (the hypervisor seam's
+    JobStats has them); a protocol, so this pure module need not import the hypervisor seam."""
+
+    @property
+    def memory_iteration(self) -> int: ...  # pre-copy pass number, 1 = the first full pass
+    @property
+    def memory_remaining(self) -> int: ...  # bytes still to send in this pass
 
 
 @dataclass
@@ -33,7 +42,7 @@ class StallDetector:
         """After an escalation step: give it K fresh iterations to show an effect."""
         self._best, self._best_iteration, self._best_at = None, self._iteration, now
 
-    def observe(self, stats: JobStats, now: float) -> str | None:
+    def observe(self, stats: IterationSample, now: float) -> str | None:
         """Feed one sample; a reason string when the migration is stalled, else None."""
         if not self._best_at:
             self._best_at = now
@@ -66,15 +75,16 @@ def _mib(b: int | None) -> str:
     return "?" if b is None else f"{b / 2**20:.1f}"
 
 
-def next_step(escalation: tuple[str, ...], taken: list[str], postcopy_started: bool) -> str:
-    """The next escalation step the policy allows; "abort" when the list is used up.
+def next_step(escalation: tuple[str, ...], taken: list[EscalationStep],
+              postcopy_started: bool) -> EscalationStep | None:
+    """The next escalation step the policy allows; ABORT when the list is used up.
 
     After post-copy has started there is nothing left to escalate: aborting would lose
-    the guest (its state is split between the hosts), so "wait".
+    the guest (its state is split between the hosts), so None: wait.
     """
     if postcopy_started:
-        return "wait"
-    for step in escalation:
-        if step not in taken and step in STEPS:
+        return None
+    for step in escalation_steps(escalation):
+        if step not in taken:
             return step
-    return "abort"
+    return EscalationStep.ABORT

@@ -36,9 +36,9 @@ from drctl.clock import Clock
 from drctl.model.errors import DrctlError, HostUnreachable, NoSuchDomain, PermanentError, TransientError
 from drctl.hypervisor import Hypervisor, JobStats, MigrationParams
 from drctl.control.intents import Intent
-from drctl.runner.migration import MigrationJob, Outcome, ProgressCallback, Result, WatchConfig
-from drctl.model.cluster import Host, IntentKind, IntentState, Limits
-from drctl.runner.prechecks import CheckPolicy, CheckResult, DomainNeeds, domain_needs, evaluate, failed, gather, summary, tcp_reachable
+from drctl.runner.migration import CopyMode, MigrationJob, Outcome, ProgressCallback, Result, WatchConfig
+from drctl.model.cluster import EscalationStep, Host, IntentKind, IntentState, Limits
+from drctl.runner.prechecks import CheckPolicy, CheckResult, DomainNeeds, domain_needs, check_destination, failed, gather, summary, tcp_reachable
 from drctl.runner.storage_prep import DirPoolPreparer, StoragePreparer
 from drctl.store import EventKind, Store
 from drctl.store.keys import Keys
@@ -192,7 +192,7 @@ class Runner:
         self._lease = None
         self._lease_lost.clear()
         self.start()
-        audit.warn("runner.lease_renewed", runner=self.cfg.runner_id,
+        audit.warn(events.RUNNER_LEASE_RENEWED, runner=self.cfg.runner_id,
                    old=f"{lost.id:x}" if lost is not None else None,
                    new=f"{self._lease.id:x}" if self._lease is not None else None)
 
@@ -229,7 +229,7 @@ class Runner:
         except _Park:
             return intents.get_intent(self.store, self.keys, intent_id)
         except intents.IntentConflict as e:
-            audit.warn("runner.gave_up", intent=intent_id, reason=str(e))
+            audit.warn(events.RUNNER_GAVE_UP, intent=intent_id, reason=str(e))
             return intents.get_intent(self.store, self.keys, intent_id)
         finally:
             self._marks.pop(intent_id, None)
@@ -293,7 +293,7 @@ class Runner:
         dst = self._hv(it.dst)
         try:
             if it.params.copy_storage:
-                audit.emit("storage.prepared", intent=it.id, vm=it.vm, host=it.dst,
+                audit.emit(events.STORAGE_PREPARED, intent=it.id, vm=it.vm, host=it.dst,
                            detail=self.storage.prepare(needs, dst))
         finally:
             close_quietly(dst)
@@ -328,10 +328,10 @@ class Runner:
             facts = gather(it.dst, dst, needs, self.host_state(it.dst), self.cfg.reserved_mib.get(it.dst, 0))
         finally:
             close_quietly(dst)
-        results = evaluate(facts, needs, self._incoming_mib(it), self.cfg.checks)
+        results = check_destination(facts, needs, self._incoming_mib(it), self.cfg.checks)
         if with_address:
             results.append(self.reachable(self.uris[it.dst], 2.0))
-        audit.emit("precheck.completed", intent=it.id, vm=it.vm, host=it.dst, ok=not failed(results),
+        audit.emit(events.PRECHECK_COMPLETED, intent=it.id, vm=it.vm, host=it.dst, ok=not failed(results),
                    checks={r.name: ("ok" if r.ok else r.reason) for r in results})
         if failed(results):
             raise PrecheckFailed(summary(results))
@@ -362,7 +362,7 @@ class Runner:
         return MigrationParams(
             bandwidth_mibs=p.bandwidth_mibs, max_downtime_ms=p.max_downtime_ms, copy_storage=p.copy_storage,
             # post-copy can only be switched to if allowed when the migration started
-            postcopy="post-copy" in p.escalation,
+            postcopy=EscalationStep.POST_COPY in p.escalation,
             postcopy_bandwidth_mibs=p.postcopy_bandwidth_mibs or p.bandwidth_mibs,
         )
 
@@ -411,10 +411,10 @@ class Runner:
         audit.emit(events.MIGRATION_COMPLETED, intent=it.id, incident=it.incident, vm=it.vm, src=it.src,
                    dst=it.dst, attempt=it.attempt, total_ms=stats.elapsed_ms, downtime_ms=stats.downtime_ms,
                    data_bytes=stats.data_processed, iterations=stats.memory_iteration,
-                   mode="post-copy" if out.postcopy else "pre-copy")
+                   mode=CopyMode.POST_COPY if out.postcopy else CopyMode.PRE_COPY)
 
     def _completed_stats(self, it: Intent) -> JobStats:
-        # after post-copy the destination's statistics are empty (DESIGN §3)
+        # after post-copy the destination's statistics are empty (docs/runner.md)
         for host in (it.dst, it.src):
             try:
                 hv = self._hv(host)
@@ -441,7 +441,7 @@ class Runner:
                         raise OutcomeUnknown(detail)
                     return res, detail
         except OutcomeUnknown as e:
-            audit.warn("intent.outcome_unknown", intent=it.id, vm=it.vm, detail=str(e))
+            audit.warn(events.INTENT_OUTCOME_UNKNOWN, intent=it.id, vm=it.vm, detail=str(e))
             raise _Park() from e
         raise AssertionError("unreachable")
 

@@ -4,7 +4,7 @@ The watching thread polls the source's job statistics (progress events, an optio
 progress callback for a terminal), detects stalls and escalates per policy, and runs the
 watchdog for hung peers: with no progress for `no_progress_s` it aborts the job (under its
 own deadline); if the migration call still does not return, the outcome is UNKNOWN and the
-caller must look where the VM runs (DESIGN §3: a hung destination libvirtd makes libvirt
+caller must look where the VM runs (docs/runner.md: a hung destination libvirtd makes libvirt
 wait with no timeout, and abortJob may block or be ignored).
 """
 from __future__ import annotations
@@ -19,6 +19,7 @@ from drctl.audit import writer as audit
 from drctl.audit import events
 from drctl.clock import Clock
 from drctl.runner.convergence import StallDetector, next_step
+from drctl.model.cluster import EscalationStep
 from drctl.model.errors import DrctlError, HypervisorError, HypervisorTimeout, MigrationAborted, NoSuchDomain
 from drctl.hypervisor import Hypervisor, JobStats, MigrationParams
 from drctl.hypervisor.deadline import with_deadline
@@ -32,12 +33,19 @@ class Result(str, Enum):
     UNKNOWN = "unknown"  # the call did not return even after the abort
 
 
+class CopyMode(str, Enum):
+    """How memory reached the destination: all before the switch-over, or the rest after it."""
+
+    PRE_COPY = "pre-copy"
+    POST_COPY = "post-copy"
+
+
 @dataclass(frozen=True)
 class Outcome:
     result: Result
     reason: str
     error: BaseException | None = None
-    steps: tuple[str, ...] = ()
+    steps: tuple[EscalationStep, ...] = ()
     postcopy: bool = False
 
 
@@ -57,7 +65,7 @@ class Progress:
     bps: int
     disk_total: int
     disk_remaining: int
-    phase: str  # "pre-copy" | "post-copy"
+    phase: CopyMode
 
 
 ProgressCallback = Callable[[Progress], None]
@@ -112,7 +120,7 @@ class MigrationJob:
         self.params, self.escalation = params, escalation
         self.clock, self.cfg, self.progress, self.attempt = clock, cfg, progress, attempt
         self.detector = StallDetector(cfg.k_iterations, cfg.stall_s, deadline_s, started=clock.monotonic())
-        self.steps: list[str] = []
+        self.steps: list[EscalationStep] = []
         self.postcopy = False
         self._restart_with: MigrationParams | None = None
 
@@ -166,37 +174,37 @@ class MigrationJob:
     def _progress(self, s: JobStats, elapsed: float) -> Progress:
         return Progress(self.ids["intent"], self.vm, self.dst, elapsed, s.memory_iteration, s.memory_total,
                         s.memory_processed, s.memory_remaining, s.memory_dirty_rate, s.memory_bps,
-                        s.disk_total, s.disk_remaining, "post-copy" if self.postcopy else "pre-copy")
+                        s.disk_total, s.disk_remaining, CopyMode.POST_COPY if self.postcopy else CopyMode.PRE_COPY)
 
     # ---------------------------------------------------------------- escalation
     def _escalate(self, why: str, params: MigrationParams) -> Outcome | None:
         step = next_step(self.escalation, self.steps, self.postcopy)
-        if step == "wait":
+        if step is None:  # post-copy is running: wait for it
             return None
         self.steps.append(step)
         audit.warn(events.MIGRATION_ESCALATED, **self.ids, step=step, reason=why, attempt=self.attempt)
         self.detector.reset(self.clock.monotonic())
         try:
-            if step == "raise-downtime":
+            if step is EscalationStep.RAISE_DOWNTIME:
                 ms = max(params.max_downtime_ms, 300) * self.cfg.downtime_raise_factor
                 self._control(lambda: self.monitor.set_max_downtime(self.vm, ms), "set max downtime")
-            elif step == "post-copy":
+            elif step is EscalationStep.POST_COPY:
                 if not params.postcopy:
                     return None  # not allowed at start: cannot switch now; next stall escalates further
                 self._control(lambda: self.monitor.start_postcopy(self.vm), "start post-copy")
                 self.postcopy = True  # from here the source and destination both hold the guest
-            elif step == "auto-converge":
+            elif step is EscalationStep.AUTO_CONVERGE:
                 if params.auto_converge:
                     return None
                 # QEMU takes the capability only at the start: abort and start again with it
                 self._restart_with = replace(params, auto_converge=True)
                 self._control(lambda: self.monitor.abort_job(self.vm), "abort to restart with auto-converge")
-            else:  # abort
+            else:  # EscalationStep.ABORT
                 self._control(lambda: self.monitor.abort_job(self.vm), "abort")
                 return Outcome(Result.NOT_CONVERGED, f"did not converge: {why}; aborted per policy",
                                steps=tuple(self.steps))
         except DrctlError as e:
-            audit.warn(events.MIGRATION_ESCALATED, **self.ids, step=f"{step}-failed", reason=str(e),
+            audit.warn(events.MIGRATION_ESCALATED, **self.ids, step=f"{step.value}-failed", reason=str(e),
                        attempt=self.attempt)
         return None
 

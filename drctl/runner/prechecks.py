@@ -132,7 +132,7 @@ def check_networks_storage(f: DestFacts, needs: DomainNeeds) -> CheckResult:
     return CheckResult("networks-storage", True, f"{f.host} has the VM's networks and pools")
 
 
-def evaluate(f: DestFacts, needs: DomainNeeds, incoming_mib: int, policy: CheckPolicy) -> list[CheckResult]:
+def check_destination(f: DestFacts, needs: DomainNeeds, incoming_mib: int, policy: CheckPolicy) -> list[CheckResult]:
     return [check_state(f, policy), check_memory(f, needs, incoming_mib, policy), check_cpu(f, needs),
             check_machine(f, needs), check_networks_storage(f, needs)]
 

@@ -3,7 +3,7 @@
 libvirt copies local disks during migration (VIR_MIGRATE_NON_SHARED_DISK) but needs the
 target image on the destination first: either pre-created at the same path with the exact
 size, or a `dir` storage pool whose target is the image's directory, from which libvirt
-creates it (DESIGN §3). Without either the migration fails at once (code 49).
+creates it (docs/runner.md). Without either the migration fails at once (code 49).
 
 `DirPoolPreparer` makes sure such a pool exists, through libvirt only, so it works the
 same on a production host and in the lab (where /var/lib/libvirt/images is private to

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from drctl.audit import events
 from drctl.audit import writer as audit
 from drctl.store import Compare, Op, Put
 
@@ -29,9 +30,9 @@ def run_callback(name: str, fn: Callable[..., None] | None, *args: Any, **ids: A
     try:
         fn(*args)
     except Exception as e:  # noqa: BLE001  # a broken handler must not break the store's thread
-        audit.warn("store.callback_failed", callback=name, error=f"{type(e).__name__}: {e}", **ids)
+        audit.warn(events.STORE_CALLBACK_FAILED, callback=name, error=f"{type(e).__name__}: {e}", **ids)
 
 
 def report_lease_lost(lease_id: int, ttl: int, reason: str, on_lost: Callable[[], None] | None) -> None:
-    audit.warn("store.lease_lost", lease=f"{lease_id:x}", ttl=ttl, reason=reason)
+    audit.warn(events.STORE_LEASE_LOST, lease=f"{lease_id:x}", ttl=ttl, reason=reason)
     run_callback("on_lost", on_lost, lease=f"{lease_id:x}")

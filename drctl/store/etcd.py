@@ -4,7 +4,7 @@ The only module that imports `etcd3` and `grpc`: every library error becomes a d
 here (`StoreUnavailable`, `LeaseLost`, `WatchCompacted`, `StoreError`), so callers never
 see a grpc status code.
 
-What the library does not do and this adapter adds (DESIGN §3):
+What the library does not do and this adapter adds (docs/architecture.md):
 - a background lease keepalive (the library has none) that notices a lost lease: a
   refresh answering TTL 0 (what etcd says after a partition heals) or no successful
   refresh for a whole TTL;
@@ -30,6 +30,7 @@ import etcd3.exceptions as etcd_exc
 import etcd3.utils
 import grpc
 
+from drctl.audit import events
 from drctl.audit import writer as audit
 from drctl.model.errors import (
     ConfigError,
@@ -330,8 +331,8 @@ class EtcdStore(DerivedOps):
 
     def _forget(self, item: EtcdLease | EtcdWatch) -> None:
         with self._lock:
-            self._leases.discard(item)  # type: ignore[arg-type]
-            self._watches.discard(item)  # type: ignore[arg-type]
+            self._leases.discard(item)
+            self._watches.discard(item)
 
 
 class EtcdLease:
@@ -511,7 +512,7 @@ class EtcdWatch:
                 self._cancelled.wait(backoff)
                 backoff = min(backoff * 2, _WATCH_BACKOFF_MAX)
                 continue
-            audit.emit("store.watch_resumed", prefix=self.prefix, from_revision=self._next_revision,
+            audit.emit(events.STORE_WATCH_RESUMED, prefix=self.prefix, from_revision=self._next_revision,
                        attempts=attempts, cause=_reason(cause) if isinstance(cause, BaseException) else "closed")
             return True
         return False
@@ -520,7 +521,7 @@ class EtcdWatch:
         self.error = error
         self._cancelled.set()
         self._store._forget(self)
-        audit.warn("store.watch_stopped", prefix=self.prefix, error=str(error))
+        audit.warn(events.STORE_WATCH_STOPPED, prefix=self.prefix, error=str(error))
         run_callback("on_error", self._on_error, error, prefix=self.prefix)
 
 

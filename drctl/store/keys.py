@@ -1,4 +1,4 @@
-"""The etcd key layout (DESIGN §2), in one place so no module spells a key by hand.
+"""The etcd key layout (docs/architecture.md), in one place so no module spells a key by hand.
 
     <prefix>leader/<lease-hex>           election (lowest create_revision leads)
     <prefix>hosts/<host>/health          graded health, bound to the agent's lease

@@ -43,7 +43,7 @@ from drctl.store import (
 )
 from drctl.store._shared import DerivedOps, report_lease_lost, run_callback
 
-MIN_LEASE_TTL = 2  # etcd's own minimum with default election timeouts (DESIGN §3)
+MIN_LEASE_TTL = 2  # etcd's own minimum with default election timeouts (docs/architecture.md)
 _FIRST_LEASE_ID = 0x7E57_0000_0001  # deterministic ids that still look like etcd's
 
 

@@ -26,6 +26,7 @@ from drctl.lab.controllers import (
     controller_dir,
     controller_key,
     forget_decisions,
+    guest_health_config,
     reset_controller_state,
     start_controllers,
     stop_controllers,
@@ -207,7 +208,7 @@ def test_failing_fence_agent_restarts_nothing_and_asks_a_human(ctl: Harness, tmp
         "etcd": {"endpoints": [ctl.cfg.etcd_endpoint], "prefix": "/drctl/"},
         "controller": {"name": "ctl-x", "policy": str(policy), "lease_ttl": "2s",
                        "audit_file": str(controller_dir(ctl.cfg, "ctl-x") / "audit.jsonl"),
-                       "guest_health": "lab", "lab_dir": str(ctl.cfg.dir),
+                       "guest_health": guest_health_config(ctl.cfg),
                        "fence_agents": {"ipmi": {"type": "command", "command": [str(bad)]}}},
     }))
     controller_dir(ctl.cfg, "ctl-x").mkdir(parents=True, exist_ok=True)

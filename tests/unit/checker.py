@@ -1,6 +1,6 @@
 """An independent checker of plans, used by tests and the planning benchmark.
 
-Written from the rules in README.md ("Placement rules"), not from drctl.planning.placement: it replays the plan
+Written from the rules in docs/planning.md ("Placement rules"), not from drctl.planning.placement: it replays the plan
 move by move on plain dictionaries and lists every rule a move breaks. If placement and
 this checker disagree, one of them misreads the rules, and a test says which.
 """

@@ -25,7 +25,7 @@ def test_documented_example_loads_with_every_section() -> None:
     ("controller: {nmae: x}", "t.yaml:1:14: controller.nmae: unknown key (did you mean 'name'?)"),
     ("controller: {lease_ttl: 1s}", "controller.lease_ttl: must be whole seconds, at least 2s"),
     ("controller: {fence_agents: {ipmi: {type: command}}}", "controller.fence_agents.ipmi.command: missing"),
-    ("controller: {guest_health: lab}", "controller.lab_dir: required with guest_health: lab"),
+    ("controller: {guest_health: lab}", "controller.guest_health: `lab` was removed"),
 ])
 def test_bad_controller_section_names_the_field(text: str, message: str) -> None:
     with pytest.raises(ConfigError) as e:

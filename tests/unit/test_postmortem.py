@@ -138,7 +138,7 @@ def test_unknown_incident_is_bad_input(tmp_path: Path, log) -> None:
 def test_sample_trail_follows_the_schema(log) -> None:
     assert {e.name for e in log.events} <= set(ev.SCHEMA)
     assert [(e.where, ev.missing_fields(e.data)) for e in log.events if ev.missing_fields(e.data)] == []
-    doc = (ROOT / "README.md").read_text()  # the audit schema is documented there
+    doc = (ROOT / "docs" / "audit.md").read_text()  # the audit schema is documented there
     assert [name for name in ev.SCHEMA if f"`{name}`" not in doc] == []
     for spec in ev.SCHEMA.values():
         assert "prev" not in spec.required + spec.optional
@@ -211,3 +211,13 @@ def test_report_renders_in_headless_chromium(log) -> None:
     width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
     assert (width, height) == (1400, 1000)
     assert len(data) > 20_000  # a blank page compresses to a few kB; the report does not
+
+
+def test_an_intent_open_when_the_trail_ends_is_reported_by_its_state_name(log) -> None:
+    # cut the trail right after the first intent started migrating
+    cut = next(i for i, e in enumerate(log.events)
+               if e.name == ev.INTENT_STATE_CHANGED and e.get("to") == "migrating")
+    r = build_report(log.events[:cut + 1], HV3)
+    unfinished = [a for a in r.anomalies if a.kind == "unfinished"]
+    assert unfinished and unfinished[0].text.endswith(" still migrating"), unfinished
+    assert "still migrating" in render_markdown(r) and "IntentState" not in render_html(r) + render_markdown(r)

@@ -318,9 +318,12 @@ def test_stall_detector_fires_when_dirty_memory_stops_shrinking() -> None:
     d2 = StallDetector(k_iterations=2, stall_s=1000, deadline_s=1000)
     for i, rem in enumerate([100, 50, 25, 12, 6, 3], start=1):
         assert d2.observe(JobStats(active=True, memory_iteration=i, memory_remaining=rem), float(i)) is None
-    assert next_step(("raise-downtime", "post-copy"), ["raise-downtime"], False) == "post-copy"
-    assert next_step(("raise-downtime",), ["raise-downtime"], False) == "abort"
-    assert next_step(("post-copy",), ["post-copy"], True) == "wait"  # never abort a post-copy
+    from drctl.model.cluster import EscalationStep as Step
+
+    assert next_step(("raise-downtime", "post-copy"), [Step.RAISE_DOWNTIME], False) is Step.POST_COPY
+    assert next_step(("raise-downtime",), [Step.RAISE_DOWNTIME], False) is Step.ABORT
+    assert next_step(("bogus", "post-copy"), [], False) is Step.POST_COPY  # unknown names are skipped
+    assert next_step(("post-copy",), [Step.POST_COPY], True) is None  # wait: never abort a post-copy
 
 
 def test_resolve_where_a_vm_runs() -> None:
@@ -337,7 +340,7 @@ def test_resolve_where_a_vm_runs() -> None:
 def test_prechecks_name_each_failure() -> None:
     from drctl.hypervisor import GuestSupport, HostCapacity
     from drctl.model.cluster import Host, HostState
-    from drctl.runner.prechecks import CheckPolicy, DestFacts, domain_needs, evaluate, summary
+    from drctl.runner.prechecks import CheckPolicy, DestFacts, domain_needs, check_destination, summary
 
     xml = domain_xml("p", GuestImage(Path("/k"), Path("/i")), 1024, Path("/c"),
                      cpu_xml="<cpu mode='custom'><model>Skylake</model></cpu>")
@@ -345,7 +348,7 @@ def test_prechecks_name_each_failure() -> None:
     assert needs.memory_mib == 1024 and needs.machine == "pc" and "Skylake" in needs.cpu_xml
     facts = DestFacts("h2", HostCapacity(4096, 2000, 4, "qemu64", "h2"), GuestSupport(frozenset({"q35"}), frozenset()),
                       frozenset(), frozenset(), False, Host("h2", 4096, 4, state=HostState.DEGRADED))
-    text = summary(evaluate(facts, needs, incoming_mib=600, policy=CheckPolicy()))
+    text = summary(check_destination(facts, needs, incoming_mib=600, policy=CheckPolicy()))
     for name in ("dest-healthy", "dest-memory", "cpu-compatible", "machine-type"):
         assert name in text
     assert "incoming 600" in text
