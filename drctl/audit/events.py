@@ -42,6 +42,9 @@ HOST_HEARTBEAT_LOST = _ev("host.heartbeat_lost", "A host's agent lease expired: 
                           "host", "lease last_seen ttl_s")
 WITNESS_REPORTED = _ev("witness.reported", "A peer (witness) reported whether it can still reach a host.",
                        "host witness reachable", "detail lease_seen")
+HOST_QUORUM_UNREACHABLE = _ev("host.quorum_unreachable",
+                              "A host has fewer witnesses than the fixed witness quorum: it can never be declared dead.",
+                              "host witnesses quorum", "reason")
 
 HEALTH_GRADED = _ev("health.graded", "A host's agent graded its own health anew (the earliest sign of trouble).",
                     "host from to reason", "probe value threshold")
@@ -78,6 +81,8 @@ CONTROLLER_RESUMED = _ev("controller.resumed", "The controller acts again after 
                          "term reason")
 CONTROLLER_STARTED = _ev("controller.started", "A controller replica process started.", "name policy runner")
 CONTROLLER_VIEW_FAILED = _ev("controller.view_failed", "A tick could not read the cluster.", "error")
+RECORD_UNREADABLE = _ev("record.unreadable", "A record in etcd could not be parsed; it is skipped, reported once.",
+                        "key error", "field")
 CONTROLLER_DECISION_FAILED = _ev("controller.decision_failed", "Carrying out one decision of a tick failed.",
                                  "decision error")
 ELECTION_CAMPAIGNED = _ev("election.campaigned", "A replica put its key in the leader election.",

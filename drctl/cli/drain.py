@@ -8,12 +8,12 @@ the request: the host becomes eligible as a destination again.
 from __future__ import annotations
 
 import getpass
-import json
 import time
 
 import click
 
 from drctl.model.errors import ConfigError
+from drctl.model.records import MaintenanceRecord
 
 
 def store_options(fn):
@@ -45,9 +45,9 @@ def open_store(config_path: str | None, etcd: tuple[str, ...], prefix: str | Non
 
 
 def vms_on(store, keys, host: str) -> list[str]:
-    from drctl.control.view import read_cluster, running_on, vm_locations
+    from drctl.control.view import read_records, running_on, vm_locations
 
-    records = read_cluster(store, keys)
+    records = read_records(store, keys)
     placed = {vm for vm, h in vm_locations(records).items() if h == host}
     running = {vm for vm, hosts in running_on(records).items() if host in hosts}
     return sorted(placed | running)
@@ -66,8 +66,8 @@ def drain(host: str, reason: str, no_wait: bool, timeout: float, config_path: st
     try:
         if store.get(keys.inventory(host)) is None:
             raise ConfigError(f"unknown host {host!r}: no inventory under {keys.inventory(host)}")
-        request = {"host": host, "reason": reason, "requested_by": getpass.getuser(), "ts": time.time()}
-        store.put(keys.maintenance(host), json.dumps(request).encode())
+        request = MaintenanceRecord(host, reason, getpass.getuser(), time.time())
+        store.put(keys.maintenance(host), request.to_json())
         start = vms_on(store, keys, host)
         click.echo(f"drain of {host} requested ({len(start)} VM(s) on it)")
         if no_wait:

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import click
 
+from drctl.config.settings import AgentConfig
 from drctl.policy import Policy, PolicyError, load_policies, load_policy
+from drctl.policy.quorum import never_dead
 from drctl.policy.render import policy_to_dict, policy_to_text
 
 EXIT_BAD_INPUT = 2  # same as drctl.cli.main.EXIT_BAD_INPUT; not imported to keep cli.py wiring-only
@@ -21,16 +23,26 @@ def policy() -> None:
 @policy.command()
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the compiled policies as JSON.")
-def check(path: Path, as_json: bool) -> None:
+@click.option("--witnesses", type=click.IntRange(0, 64), default=AgentConfig.witnesses, show_default=True,
+              help="Peers each agent witnesses (the agents' `witnesses` setting).")
+def check(path: Path, as_json: bool, witnesses: int) -> None:
     """Validate a policy file (or every *.yaml in a directory) and print what it compiles to.
 
-    Exit 0 when every policy is valid, 2 with one line per problem otherwise.
+    Exit 0 when every policy is valid, 2 with one line per problem otherwise (including a
+    witness quorum under which no host could ever be declared dead).
     """
     try:
         policies = load_policies(path) if path.is_dir() else [load_policy(path)]
     except PolicyError as e:
         for problem in e.problems:
             click.echo(f"drctl: error: {problem}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    problems = [(p, never_dead(p.evidence.witness_quorum, witnesses)) for p in policies]
+    if any(why for _, why in problems):
+        for p, why in problems:
+            if why:
+                where = p.source or path
+                click.echo(f"drctl: error: {where}: policy {p.name}: evidence.witness_quorum: {why}", err=True)
         sys.exit(EXIT_BAD_INPUT)
     click.echo(_render(policies, as_json), nl=False)
 

@@ -7,7 +7,7 @@
       tick_interval: 500ms         # periodic resync; changes in etcd wake the loop at once
       stale_after: 10s             # freeze when the view is older than this
       reopen_after: 60s            # a host's next incident waits this long after its last
-      witness_quorum: 2            # default: the policy's, else a majority of the other hosts
+      witness_quorum: 2            # default: the policy's, else a majority of the host's witnesses
       audit_file: /var/log/drctl/controller.jsonl
       runner:                      # the migration runner in this process
         enabled: true

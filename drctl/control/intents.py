@@ -15,6 +15,7 @@ was verified.
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Sequence
@@ -25,6 +26,7 @@ from drctl.audit import events
 from drctl.model.errors import PermanentError
 from drctl.model.cluster import (DEFAULT_ESCALATION, EscalationStep, IntentKind, IntentState, Limits, Move,
                                  check_transition, escalation_steps)
+from drctl.model.records import PlacementRecord, RecordError, RecordReader, parse_definition, parse_placement
 from drctl.store import Compare, Delete, Put, Store
 from drctl.store.keys import Keys
 
@@ -98,25 +100,50 @@ class Intent:
         return json.dumps(d, separators=(",", ":"), sort_keys=True).encode()
 
     @staticmethod
-    def from_json(raw: bytes, revision: int = 0) -> "Intent":
-        d: dict[str, Any] = json.loads(raw)
-        p = d.pop("params", {}) or {}
-        params = IntentParams(**{**p, "escalation": escalation_steps(p.get("escalation", IntentParams.escalation))})
-        hist = tuple(Transition(h["ts"], h["from"], h["to"], h["attempt"], h["reason"], h["dst"], h.get("by", ""))
-                     for h in d.pop("history", []))
-        return Intent(
-            **{k: v for k, v in d.items() if k in _SCALARS},
-            kind=IntentKind(d["kind"]), state=IntentState(d["state"]),
-            candidates=tuple(d.get("candidates", ())), tried=tuple(d.get("tried", ())),
-            params=params, history=hist, revision=revision,
-        )
+    def from_json(raw: bytes, revision: int = 0, key: str = "") -> "Intent":
+        return parse_intent(key, raw, revision)
 
     def audit_ids(self) -> dict[str, Any]:
         return {"incident": self.incident, "intent": self.id, "vm": self.vm, "src": self.src, "dst": self.dst}
 
 
-_SCALARS = {"id", "incident", "vm", "src", "dst", "attempt", "term", "reason", "memory_mib", "created", "updated",
-            "definition"}
+def parse_intent(key: str, raw: bytes, revision: int = 0) -> Intent:
+    """The one parser of an intent record: typed, unknown fields ignored (a newer
+    writer's additions must not stop an older runner), RecordError naming the field."""
+    r = RecordReader(key, raw)
+    p = r.child("params")
+    d = IntentParams()
+    params = IntentParams(
+        bandwidth_mibs=p.integer("bandwidth_mibs", d.bandwidth_mibs), max_downtime_ms=p.integer("max_downtime_ms", d.max_downtime_ms),
+        escalation=escalation_steps(p.texts("escalation")) if p.has("escalation") else d.escalation,
+        copy_storage=p.flag("copy_storage", d.copy_storage), timeout_s_per_gib=p.number("timeout_s_per_gib", d.timeout_s_per_gib),
+        postcopy_bandwidth_mibs=p.integer("postcopy_bandwidth_mibs", d.postcopy_bandwidth_mibs))
+    history = tuple(Transition(h.number("ts"), h.text("from"), h.text("to"), h.integer("attempt", 0), h.text("reason", ""),
+                               h.text("dst", ""), h.text("by", "")) for h in r.objects("history"))
+    return Intent(
+        id=r.text("id"), incident=r.text("incident", ""), kind=r.enum("kind", IntentKind), vm=r.text("vm"),
+        src=r.text("src", ""), dst=r.text("dst", ""), state=r.enum("state", IntentState),
+        candidates=r.texts("candidates"), tried=r.texts("tried"), attempt=r.integer("attempt", 0), term=r.integer("term", 0),
+        reason=r.text("reason", ""), memory_mib=r.integer("memory_mib", 0), params=params, history=history,
+        definition=r.text("definition", ""), created=r.number("created", 0.0), updated=r.number("updated", 0.0),
+        revision=revision,
+    )
+
+
+_reported: set[tuple[int, str, str]] = set()
+_reported_lock = threading.Lock()
+
+
+def report_unreadable(error: RecordError) -> None:
+    """A record nobody can parse: audit it once (per key and reason), the caller skips it."""
+    with _reported_lock:
+        seen = (id(audit.sink()), error.key, str(error))  # once per audit stream
+        if seen in _reported:
+            return
+        if len(_reported) > 10_000:  # bounded: a long-lived process must not grow with junk
+            _reported.clear()
+        _reported.add(seen)
+    audit.warn(events.RECORD_UNREADABLE, key=error.key, field=error.field, error=str(error))
 
 
 def new_intent(move: Move, incident: str, term: int, now: float, params: IntentParams = IntentParams(),
@@ -149,13 +176,19 @@ def create_intents(store: Store, keys: Keys, intents: Sequence[Intent], guards: 
 
 def get_intent(store: Store, keys: Keys, intent_id: str) -> Intent | None:
     kv = store.get(keys.intent(intent_id))
-    return Intent.from_json(kv.value, kv.mod_revision) if kv else None
+    return parse_intent(kv.key, kv.value, kv.mod_revision) if kv else None
 
 
 def list_intents(store: Store, keys: Keys, open_only: bool = True) -> list[Intent]:
-    """Intents, oldest first; only those not in a terminal state unless `open_only=False`."""
+    """Intents, oldest first; only those not in a terminal state unless `open_only=False`.
+    An unreadable record is reported once and skipped: it must not stop every runner."""
     kvs, _ = store.get_prefix(keys.intents_prefix())
-    out = [Intent.from_json(kv.value, kv.mod_revision) for kv in kvs]
+    out = []
+    for kv in kvs:
+        try:
+            out.append(parse_intent(kv.key, kv.value, kv.mod_revision))
+        except RecordError as e:
+            report_unreadable(e)
     if open_only:
         out = [i for i in out if not i.state.terminal]
     return sorted(out, key=lambda i: (i.created, i.id))
@@ -220,16 +253,15 @@ def claimed(store: Store, keys: Keys) -> dict[str, str]:
 def set_placement(store: Store, keys: Keys, intent: Intent, host: str, now: float,
                   guards: Sequence[Compare] = (), healthy: bool = True) -> None:
     """Record where a VM must run, after verification. Raises IntentConflict if a guard failed."""
-    record = {"vm": intent.vm, "host": host, "intent": intent.id, "incident": intent.incident,
-              "healthy": healthy, "updated": now}
-    if not store.txn(list(guards), [Put(keys.vm(intent.vm), json.dumps(record, sort_keys=True).encode())]):
+    record = PlacementRecord(intent.vm, host, intent.id, intent.incident, healthy, now)
+    if not store.txn(list(guards), [Put(keys.vm(intent.vm), record.to_json())]):
         raise IntentConflict(f"placement of {intent.vm} not written: guard failed (claim lost?)")
 
 
 def placement(store: Store, keys: Keys, vm: str) -> str | None:
     """The host a VM's placement record names, or None."""
     kv = store.get(keys.vm(vm))
-    return json.loads(kv.value).get("host") if kv else None
+    return (parse_placement(kv.key, kv.value, vm).host or None) if kv else None
 
 
 DefinitionLookup = Callable[[str], "str | None"]
@@ -243,9 +275,10 @@ def store_definitions(store: Store, keys: Keys) -> DefinitionLookup:
         kv = store.get(keys.vm_definition(vm))
         if kv is None:
             return None
-        text = kv.value.decode()
-        if text.lstrip().startswith("{"):
-            return str(json.loads(text).get("xml") or "") or None
-        return text
+        try:
+            return parse_definition(kv.key, kv.value, vm).xml or None
+        except RecordError as e:
+            report_unreadable(e)
+            return None
 
     return lookup

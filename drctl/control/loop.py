@@ -20,12 +20,8 @@ from drctl.audit import writer as audit
 
 from drctl.audit import events
 from drctl.clock import Clock, SystemClock
-from drctl.control.view import (
-    ClusterRecords,
-    build_snapshot,
-    read_cluster,
-    verdicts_of,
-)
+from drctl.control.view import (ClusterRecords, ClusterView, SharedView, configured_quorum, parse_incident,
+                                short_of_quorum)
 from drctl.control.tick import (
     CloseIncident,
     Decision,
@@ -44,11 +40,12 @@ from drctl.control.tick import (
     tick,
 )
 from drctl.control.election import Election, Leadership
-from drctl.model.errors import DrctlError, StoreError
+from drctl.model.errors import DrctlError
 from drctl.fencing.agents import FenceAgent
 from drctl.health.grading import HostVerdict
 from drctl.control.intents import IntentParams, create_intents, new_intent
 from drctl.model.cluster import HostState, IntentState, Snapshot
+from drctl.model.records import InventoryRecord
 from drctl.policy import EvidenceKind, Policy
 from drctl.store import Put, Store
 from drctl.store.keys import Keys
@@ -62,10 +59,9 @@ def incident_to_json(inc: Incident) -> bytes:
     return json.dumps(d, sort_keys=True).encode()
 
 
-def incident_from_json(raw: bytes) -> Incident:
-    d = json.loads(raw)
-    return Incident(**{**d, "kind": IncidentKind(d["kind"]), "phase": IncidentPhase(d["phase"]),
-                       "evidence": tuple(d.get("evidence", ())), "intents": tuple(d.get("intents", ()))})
+def incident_from_json(raw: bytes, key: str = "") -> Incident:
+    """drctl.control.view.parse_incident, for callers that hold only the value."""
+    return parse_incident(key, raw)
 
 
 @dataclass
@@ -78,6 +74,7 @@ class LoopState:
     last_sentence: str = ""
     fencing: set[str] | None = None
     duplicates: set[tuple[str, tuple[str, ...]]] = field(default_factory=set)  # reported once each
+    short_of_quorum: dict[str, int] = field(default_factory=dict)  # host -> witnesses, reported once
 
 
 class ControllerLoop:
@@ -85,7 +82,7 @@ class ControllerLoop:
                  fence_agents: Mapping[str, FenceAgent] | None = None, clock: Clock | None = None,
                  lease_ttl: int = 2, tick_interval_s: float = 0.5, settings: Settings = Settings(),
                  quorum: int | None = None, echo: Callable[[str], None] | None = None,
-                 on_leading: Callable[[Leadership], None] | None = None) -> None:
+                 on_leading: Callable[[Leadership], None] | None = None, shared: SharedView | None = None) -> None:
         self.store = store
         self.keys = keys
         self.policy = policy
@@ -94,7 +91,8 @@ class ControllerLoop:
         self.clock = clock or SystemClock()
         self.tick_interval_s = tick_interval_s
         self.settings = settings
-        self.quorum = quorum or policy.evidence.witness_quorum  # None: a majority of the peers
+        # the view this loop builds once per tick, shared with the runner of this process
+        self.shared = shared or SharedView(store, keys, configured_quorum(quorum, policy))
         self.echo = echo or (lambda _s: None)
         self.on_leading = on_leading
         self.election = Election(store, keys, name, ttl=lease_ttl, clock=self.clock, on_deposed=self._deposed)
@@ -143,14 +141,9 @@ class ControllerLoop:
 
     # ------------------------------------------------------------------ one tick
     def build_view(self, now: float) -> tuple[View, ClusterRecords, Snapshot]:
-        etcd_ok = True
-        try:
-            records = read_cluster(self.store, self.keys)
-        except StoreError:
-            etcd_ok = False
-            records = ClusterRecords(0, (), {}, {}, {}, {}, ())
-        verdicts = verdicts_of(records, self.keys, self.quorum, now)
-        snap = build_snapshot(records, verdicts, now)
+        """One read of etcd -> the tick's View (published for the runner too)."""
+        cluster = self.shared.refresh(now)
+        records, verdicts, snap = cluster.records, cluster.verdicts, cluster.snapshot
         held: dict[str, float] = {}
         for h, host in snap.hosts.items():
             prev = self.state.state_since.get(h)
@@ -160,24 +153,31 @@ class ControllerLoop:
                                reason=verdicts[h].reason if h in verdicts else "")
                 self.state.state_since[h] = (host.state, now)
             held[h] = now - self.state.state_since[h][1]
-        incidents, recently_closed = self._incidents(now)
+        self._warn_short_of_quorum(records)
+        incidents, recently_closed = self._incidents(cluster, now)
         intents = tuple(IntentView(i.id, i.incident, i.vm, i.src, i.dst, i.state, i.kind)
                         for i in records.intents if i.incident in incidents or not i.state.terminal)
         view = View(snapshot=snap, verdicts=verdicts, held_s=held,
-                    incidents=incidents, intents=intents, etcd_healthy=etcd_ok, age_s=0.0,
+                    incidents=incidents, intents=intents, etcd_healthy=cluster.ok, age_s=0.0,
                     frozen=self.state.frozen, recently_closed=recently_closed)
         return view, records, snap
 
-    def _incidents(self, now: float) -> tuple[dict[str, Incident], dict[str, str]]:
+    def _warn_short_of_quorum(self, records: ClusterRecords) -> None:
+        """A fixed quorum the cluster cannot meet is refused at start-up when the agents'
+        setting shows it; a cluster that is (or became) too small shows only here."""
+        short = short_of_quorum(records, self.shared.quorum)
+        for host, n in short.items():
+            if self.state.short_of_quorum.get(host) != n:
+                audit.warn(events.HOST_QUORUM_UNREACHABLE, host=host, witnesses=n, quorum=self.shared.quorum,
+                           reason=f"{host} has {n} witness(es), quorum is {self.shared.quorum}: it can never be "
+                                  f"declared dead")
+        self.state.short_of_quorum = short
+
+    def _incidents(self, cluster: ClusterView, now: float) -> tuple[dict[str, Incident], dict[str, str]]:
         """Open incidents by id, and host -> outcome of incidents closed very recently."""
-        kvs, _ = self.store.get_prefix(self.keys.incidents_prefix())
         open_: dict[str, Incident] = {}
         closed: dict[str, str] = {}
-        for kv in kvs:
-            try:
-                inc = incident_from_json(kv.value)
-            except (ValueError, KeyError, TypeError):
-                continue
+        for inc in cluster.records.incidents:
             if inc.phase is not IncidentPhase.CLOSED:
                 open_[inc.id] = inc
             elif inc.host and inc.closed_at and now - inc.closed_at < self.settings.reopen_after_s:
@@ -279,7 +279,7 @@ class ControllerLoop:
 
     def _incident(self, incident_id: str) -> Incident | None:
         kv = self.store.get(self.keys.incident(incident_id))
-        return incident_from_json(kv.value) if kv else None
+        return parse_incident(kv.key, kv.value) if kv else None
 
     def _needs_human(self, lead: Leadership, d: RequestFence, inc: Incident | None, why: str) -> None:
         audit.warn(events.FENCE_FAILED, incident=d.incident, host=d.host, agent=d.agent, error=why)
@@ -328,7 +328,7 @@ class ControllerLoop:
         must never run there again. A shut-off copy on a host other than the one the VM's
         placement record names, with no move of that VM in flight, is undefined. A VM
         running on two hosts is never "fixed" by guessing: it is reported loudly."""
-        placed = {vm: str(p.get("host")) for vm, p in records.placements.items() if p.get("host")}
+        placed = {vm: p.host for vm, p in records.placements.items() if p.host}
         if not placed:
             return
         moving = {i.vm for i in records.intents if not i.state.terminal}
@@ -340,25 +340,25 @@ class ControllerLoop:
         fresh = {h: inv for h, inv in records.inventories.items() if h in alive}
         running: dict[str, list[str]] = {}
         for host, inv in sorted(fresh.items()):
-            for entry in inv.get("vms") or ():
-                vm = str(entry.get("name"))
-                if entry.get("state") == "running" and float(inv.get("ts") or 0) > last_move.get(vm, 0.0):
+            for entry in inv.vms:
+                vm = entry.name
+                if entry.state == "running" and inv.ts > last_move.get(vm, 0.0):
                     running.setdefault(vm, []).append(host)
         for vm, hosts in running.items():
             if len(hosts) > 1 and (vm, tuple(hosts)) not in self.state.duplicates:
                 self.state.duplicates.add((vm, tuple(hosts)))
                 audit.warn(events.VM_DUPLICATE_DETECTED, vm=vm, hosts=hosts, placement=placed.get(vm))
         for host, inv in sorted(fresh.items()):
-            for entry in inv.get("vms") or ():
-                vm = str(entry.get("name"))
+            for entry in inv.vms:
+                vm = entry.name
                 if (vm in placed and placed[vm] != host and vm not in moving
-                        and entry.get("state") == "shutoff"):
+                        and entry.state == "shutoff"):
                     self._undefine_stale(host, inv, vm, running.get(vm, []))
 
-    def _undefine_stale(self, host: str, inv: Mapping[str, object], vm: str, running: list[str]) -> None:
+    def _undefine_stale(self, host: str, inv: InventoryRecord, vm: str, running: list[str]) -> None:
         from drctl.hypervisor.libvirt_adapter import connect
 
-        uri = str(inv.get("uri") or "")
+        uri = inv.uri
         if not uri or host in running:
             return
         try:

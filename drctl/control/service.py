@@ -2,8 +2,9 @@
 
 Every replica runs a runner (claims keep two runners off one intent, and a dead replica's
 claims lapse with its lease), but only the leader decides. The runner learns hosts'
-libvirt URIs and states from the leader loop's latest view of etcd; a follower refreshes
-that view itself every few seconds so its runner can finish intents too.
+libvirt URIs and states from the one cluster view of this process (drctl.control.view.
+SharedView): the leader's loop builds it once per tick; while this replica does not lead,
+a background thread refreshes it every second so its runner can finish intents too.
 """
 from __future__ import annotations
 
@@ -14,42 +15,19 @@ from typing import Callable
 from drctl.audit import events
 from drctl.audit import writer as audit
 from drctl.clock import SystemClock
-from drctl.control.view import build_snapshot, read_cluster, verdicts_of
-from drctl.config.settings import Config
+from drctl.control.view import SharedView, configured_quorum
+from drctl.config.settings import AgentConfig, Config
 from drctl.control.tick import Settings
 from drctl.control.loop import ControllerLoop
 from drctl.control.plugins import load_guest_health
 from drctl.model.errors import ConfigError, DrctlError
 from drctl.fencing.agents import FenceAgent, make_agent
-from drctl.model.cluster import Host, Snapshot
 from drctl.policy import Policy, default_policy, load_policy
+from drctl.policy.quorum import never_dead
 from drctl.store import Store
 from drctl.store.keys import Keys
 
 Echo = Callable[[str], None]
-
-
-class ClusterCache:
-    """The latest snapshot and host URIs, shared by the loop and the runner."""
-
-    def __init__(self, store: Store, keys: Keys, quorum: int | None) -> None:
-        self.store, self.keys, self.quorum = store, keys, quorum
-        self.snapshot = Snapshot({}, {})
-        self.uris: dict[str, str] = {}
-        self._lock = threading.Lock()
-
-    def refresh(self) -> Snapshot:
-        clock = SystemClock()
-        records = read_cluster(self.store, self.keys)
-        snap = build_snapshot(records, verdicts_of(records, self.keys, self.quorum, clock.now()), clock.now())
-        with self._lock:
-            self.snapshot = snap
-            self.uris.update({h: str(inv["uri"]) for h, inv in records.inventories.items() if inv.get("uri")})
-        return snap
-
-    def host(self, name: str) -> Host | None:
-        with self._lock:
-            return self.snapshot.hosts.get(name)
 
 
 def load_controller_policy(path: str) -> Policy:
@@ -59,6 +37,14 @@ def load_controller_policy(path: str) -> Policy:
     if p.is_dir():
         raise ConfigError(f"controller.policy: {path} is a directory; name one policy file")
     return load_policy(p)
+
+
+def check_quorum(quorum: int | None, cfg: Config) -> None:
+    """Refuse to run a configuration under which no host can ever be declared dead."""
+    witnesses = cfg.agent.witnesses if cfg.agent is not None else AgentConfig.witnesses
+    problem = never_dead(quorum, witnesses)
+    if problem:
+        raise ConfigError(f"{cfg.path}: {problem}")
 
 
 def fence_agents(cfg: Config) -> dict[str, FenceAgent]:
@@ -80,19 +66,21 @@ def run(cfg: Config, store: Store, stop: threading.Event, echo: Echo) -> None:
     if policy.evidence.fence_agent and policy.evidence.fence_agent not in agents:
         raise ConfigError(f"{cfg.path}: policy {policy.name} fences with {policy.evidence.fence_agent!r}, "
                           f"but controller.fence_agents has {sorted(agents) or 'none'}")
-    cache = ClusterCache(store, keys, cc.witness_quorum or policy.evidence.witness_quorum)
-    cache.refresh()
+    quorum = configured_quorum(cc.witness_quorum, policy)
+    check_quorum(quorum, cfg)
+    shared = SharedView(store, keys, quorum)
+    shared.refresh(SystemClock().now())
     runner = None
     if cc.runner_enabled:
         health = load_guest_health(cc.guest_health, f"{cfg.path}: controller.guest_health")
-        runner = Runner(store, keys, cache.uris, lambda uri: connect(uri, timeout_s=15), SystemClock(),
+        # the live mapping of the shared view: hosts join as their agents publish
+        runner = Runner(store, keys, shared.uris, lambda uri: connect(uri, timeout_s=15), SystemClock(),
                         RunnerConfig(runner_id=cc.name, limits=policy.limits, lease_ttl_s=cc.runner_lease_ttl_s),
-                        health=health, host_state=cache.host)
-        runner.uris = cache.uris  # share the live mapping: hosts join as their agents publish
+                        health=health, host_state=shared.host)
     loop = ControllerLoop(store, keys, policy, cc.name, fence_agents=agents, lease_ttl=cc.lease_ttl_s,
-                          tick_interval_s=cc.tick_interval_s, quorum=cc.witness_quorum, echo=echo,
+                          tick_interval_s=cc.tick_interval_s, quorum=quorum, echo=echo, shared=shared,
                           settings=Settings(stale_after_s=cc.stale_after_s, reopen_after_s=cc.reopen_after_s))
-    threads = [threading.Thread(target=_refresh_forever, args=(cache, stop), name="cluster-cache", daemon=True)]
+    threads = [threading.Thread(target=_refresh_forever, args=(shared, stop), name="cluster-view", daemon=True)]
     if runner is not None:
         threads.append(threading.Thread(target=_run_runner, args=(runner, stop), name="runner", daemon=True))
     for t in threads:
@@ -107,13 +95,18 @@ def run(cfg: Config, store: Store, stop: threading.Event, echo: Echo) -> None:
             runner.close()
 
 
-def _refresh_forever(cache: ClusterCache, stop: threading.Event) -> None:
+def _refresh_forever(shared: SharedView, stop: threading.Event, every_s: float = 1.0) -> None:
+    """Keep the view fresh while no loop does: a leading loop publishes one per tick, and
+    then this thread reads nothing."""
+    clock = SystemClock()
     while not stop.is_set():
-        try:
-            cache.refresh()
-        except DrctlError as e:
-            audit.warn(events.CONTROLLER_VIEW_FAILED, error=str(e))
-        stop.wait(1.0)
+        now = clock.now()
+        if now - shared.latest.taken_at >= every_s:
+            try:
+                shared.refresh(now)
+            except DrctlError as e:
+                audit.warn(events.CONTROLLER_VIEW_FAILED, error=str(e))
+        stop.wait(every_s / 2)
 
 
 def _run_runner(runner, stop: threading.Event) -> None:  # type: ignore[no-untyped-def]

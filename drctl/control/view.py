@@ -1,7 +1,14 @@
-"""Build the controller's cluster snapshot from what is in etcd.
+"""The cluster view: what etcd says, read once, typed, and graded.
 
-Pure functions over records (`build_snapshot`) plus one reader (`read_cluster`) that does
-a single prefix read, so every tick decides on one consistent revision.
+One prefix read (`read_records`) gives every record at one store revision, each parsed by
+its one parser (drctl.model.records, Intent, Incident); `build_view` turns that into host
+verdicts (drctl.health.grading, one quorum rule) and the planning snapshot. The leader
+builds one view per tick and publishes it in a `SharedView`; the runner in the same
+process reads host URIs and states from it, and a follower's service refreshes it on its
+own (the leader's loop is the only reader while it leads).
+
+A record that cannot be parsed is skipped and reported once (audit `record.unreadable`
+with its key and the reason); one bad record never stops the controller or a runner.
 
 Sources, by key (drctl/store/keys.py):
 - hosts/<h>/inventory      capacity, CPU model, networks, pools, labels, VMs seen (agent)
@@ -9,84 +16,166 @@ Sources, by key (drctl/store/keys.py):
 - hosts/<h>/maintenance    a drain request (drctl drain)
 - vm-definitions/<vm>      definition + the host whose agent last saw it (agent)
 - vms/<vm>                 placement record: where the VM must run (runner, after verify)
-- intents/<id>             open moves: their memory counts on the destination already
+- intents/<id>             moves: open ones count on their destination's memory already
+- incidents/<id>           incidents (controller)
 """
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
-from typing import Any, Mapping
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping
 
-from drctl.health.grading import HostVerdict, default_quorum, host_states_from
-from drctl.control.intents import Intent
+from drctl.control.intents import Intent, parse_intent, report_unreadable
+from drctl.control.tick import Incident, IncidentKind, IncidentPhase
+from drctl.health.grading import HostVerdict, host_state
 from drctl.model.cluster import VM, Host, HostState, Snapshot
+from drctl.model.errors import StoreError
+from drctl.model.records import (DefinitionRecord, HealthRecord, InventoryRecord, MaintenanceRecord,
+                                 PlacementRecord, RecordError, RecordReader, WitnessReport, parse_definition,
+                                 parse_health, parse_inventory, parse_maintenance, parse_placement, parse_witness)
+from drctl.policy import Policy
 from drctl.store import KV, Store
 from drctl.store.keys import Keys
 
 
+# ---------------------------------------------------------------- incidents (type in tick.py)
+
+
+def parse_incident(key: str, raw: bytes) -> Incident:
+    r = RecordReader(key, raw)
+    closed_at = r.optional_number("closed_at")
+    return Incident(id=r.text("id"), kind=r.enum("kind", IncidentKind), host=r.text("host", ""), rule=r.text("rule", ""),
+                    policy=r.text("policy", ""), opened_at=r.number("opened_at", 0.0),
+                    phase=r.enum("phase", IncidentPhase), reason=r.text("reason", ""), evidence=r.texts("evidence"),
+                    fenced=r.flag("fenced", False), intents=r.texts("intents"), closed_at=closed_at,
+                    outcome=r.text("outcome", ""))
+
+
+# ---------------------------------------------------------------- records at one revision
+
+
 @dataclass(frozen=True)
 class ClusterRecords:
-    """Everything the controller reads, at one store revision."""
+    """Every record the controller reads, parsed, at one store revision."""
 
-    revision: int
-    host_kvs: tuple[KV, ...]
-    inventories: Mapping[str, dict[str, Any]]
-    maintenance: Mapping[str, dict[str, Any]]
-    definitions: Mapping[str, dict[str, Any]]
-    placements: Mapping[str, dict[str, Any]]
-    intents: tuple[Intent, ...]  # every intent, terminal ones included
-
-
-def _json(kv: KV) -> dict[str, Any]:
-    try:
-        v = json.loads(kv.value)
-    except ValueError:
-        return {}
-    return v if isinstance(v, dict) else {}
+    revision: int = 0
+    hosts: frozenset[str] = frozenset()  # every host with any record (a dead host keeps its inventory)
+    health: Mapping[str, HealthRecord] = field(default_factory=dict)
+    witnesses: Mapping[str, Mapping[str, WitnessReport]] = field(default_factory=dict)  # host -> witness -> report
+    inventories: Mapping[str, InventoryRecord] = field(default_factory=dict)
+    maintenance: Mapping[str, MaintenanceRecord] = field(default_factory=dict)
+    definitions: Mapping[str, DefinitionRecord] = field(default_factory=dict)
+    placements: Mapping[str, PlacementRecord] = field(default_factory=dict)
+    intents: tuple[Intent, ...] = ()  # every intent, terminal ones included
+    incidents: tuple[Incident, ...] = ()  # every incident, closed ones included
+    # hosts whose health key exists (so their lease lives) but cannot be parsed: why
+    unreadable_health: Mapping[str, str] = field(default_factory=dict)
 
 
-def read_cluster(store: Store, keys: Keys) -> ClusterRecords:
+def records_from(kvs: Iterable[KV], keys: Keys, revision: int = 0) -> ClusterRecords:
+    """Parse what one prefix read returned; unreadable records are reported and skipped."""
+    hosts: set[str] = set()
+    health: dict[str, HealthRecord] = {}
+    witnesses: dict[str, dict[str, WitnessReport]] = {}
+    inv: dict[str, InventoryRecord] = {}
+    maint: dict[str, MaintenanceRecord] = {}
+    defs: dict[str, DefinitionRecord] = {}
+    plc: dict[str, PlacementRecord] = {}
+    intents: list[Intent] = []
+    incidents: list[Incident] = []
+    bad_health: dict[str, str] = {}
+    for kv in kvs:
+        try:
+            if kv.key.startswith(keys.hosts_prefix()):
+                parsed = keys.parse_host_key(kv.key)
+                if parsed is None:
+                    continue
+                host, rest = parsed
+                hosts.add(host)
+                if rest == "health":
+                    try:
+                        health[host] = parse_health(kv.key, kv.value, kv.lease)
+                    except RecordError as e:
+                        # the key is bound to the agent's lease: present = the host lives,
+                        # whatever a newer agent wrote in it; never read it as "lease gone"
+                        bad_health[host] = str(e)
+                        raise
+                elif rest.startswith("witness/"):
+                    witnesses.setdefault(host, {})[rest.removeprefix("witness/")] = parse_witness(kv.key, kv.value)
+                elif rest == "inventory":
+                    inv[host] = parse_inventory(kv.key, kv.value, host)
+                elif rest == "maintenance":
+                    try:
+                        maint[host] = parse_maintenance(kv.key, kv.value, host)
+                    except RecordError as e:
+                        # an operator asked for something: an unreadable request still drains
+                        report_unreadable(e)
+                        maint[host] = MaintenanceRecord(host, reason="unreadable maintenance request")
+            elif kv.key.startswith(keys.vm_definitions_prefix()):
+                vm = Keys.last_segment(kv.key)
+                defs[vm] = parse_definition(kv.key, kv.value, vm)
+            elif kv.key.startswith(keys.vms_prefix()):
+                vm = Keys.last_segment(kv.key)
+                plc[vm] = parse_placement(kv.key, kv.value, vm)
+            elif kv.key.startswith(keys.intents_prefix()):
+                intents.append(parse_intent(kv.key, kv.value, kv.mod_revision))
+            elif kv.key.startswith(keys.incidents_prefix()):
+                incidents.append(parse_incident(kv.key, kv.value))
+        except RecordError as e:
+            report_unreadable(e)
+    return ClusterRecords(revision, frozenset(hosts), health, witnesses, inv, maint, defs, plc, tuple(intents),
+                          tuple(incidents), bad_health)
+
+
+def read_records(store: Store, keys: Keys) -> ClusterRecords:
     """One read of the whole prefix: a consistent view at one revision."""
     kvs, rev = store.get_prefix(keys.prefix)
-    host_kvs, inv, maint, defs, plc, intents = [], {}, {}, {}, {}, []
-    for kv in kvs:
-        if kv.key.startswith(keys.hosts_prefix()):
-            parsed = keys.parse_host_key(kv.key)
-            if parsed is None:
-                continue
-            host, rest = parsed
-            host_kvs.append(kv)
-            if rest == "inventory":
-                inv[host] = _json(kv)
-            elif rest == "maintenance":
-                maint[host] = _json(kv)
-        elif kv.key.startswith(keys.vm_definitions_prefix()):
-            defs[Keys.last_segment(kv.key)] = _json(kv)
-        elif kv.key.startswith(keys.vms_prefix()):
-            plc[Keys.last_segment(kv.key)] = _json(kv)
-        elif kv.key.startswith(keys.intents_prefix()):
-            try:
-                intents.append(Intent.from_json(kv.value, kv.mod_revision))
-            except (ValueError, KeyError, TypeError):
-                continue  # a record we cannot read is reported by `drctl intents`, not fatal here
-    return ClusterRecords(rev, tuple(host_kvs), inv, maint, defs, plc, tuple(intents))
+    return records_from(kvs, keys, rev)
 
 
-def verdicts_of(records: ClusterRecords, keys: Keys, quorum: int | None, now: float) -> dict[str, HostVerdict]:
-    """Every host's state. quorum: witnesses needed to call a host dead; None = a
-    majority of the other hosts (each host's peers are its possible witnesses)."""
+# ---------------------------------------------------------------- verdicts and snapshot (pure)
+
+
+def host_verdicts(records: ClusterRecords, quorum: int | None, now: float) -> dict[str, HostVerdict]:
+    """Every host's state. quorum: a fixed number of witnesses that must confirm a host
+    dead, or None for a majority of the witnesses it has (drctl.health.grading.quorum_for)."""
+    out = {h: host_state(h, records.health.get(h), records.witnesses.get(h, {}), quorum, now)
+           for h in sorted(records.hosts)}
+    for h, why in records.unreadable_health.items():
+        out[h] = HostVerdict(h, HostState.UNREACHABLE, f"health record present (lease lives) but unreadable: {why}",
+                             (f"unreadable health record: {why}",), lease_present=True)
+    return out
+
+
+def short_of_quorum(records: ClusterRecords, quorum: int | None) -> dict[str, int]:
+    """host -> its witness count, for hosts with fewer witnesses than a fixed quorum: such
+    a host can never be declared dead (a cluster smaller than the configuration assumed,
+    or witnesses gone). Empty with the default quorum, a majority of what each host has."""
     if quorum is None:
-        quorum = default_quorum(max(1, len(records.inventories) - 1))
-    return host_states_from(records.host_kvs, keys, quorum, now)
+        return {}
+    counts = {h: len(records.witnesses.get(h, {})) for h in sorted(records.hosts)}
+    return {h: n for h, n in counts.items() if n < quorum}
+
+
+def host_states_from(kvs: Iterable[KV], keys: Keys, quorum: int | None, now: float) -> dict[str, HostVerdict]:
+    """Verdicts for every host that has any record among `kvs` (the hosts prefix)."""
+    return host_verdicts(records_from(kvs, keys), quorum, now)
+
+
+def read_host_states(store: Store, keys: Keys, quorum: int | None, now: float) -> dict[str, HostVerdict]:
+    """One read of the hosts prefix -> host -> verdict (see drctl.health.grading.host_state)."""
+    kvs, _revision = store.get_prefix(keys.hosts_prefix())
+    return host_states_from(kvs, keys, quorum, now)
 
 
 def vm_locations(records: ClusterRecords) -> dict[str, str]:
     """vm -> host it is on: the placement record if any (written after a verified move),
     else the host whose agent last published its definition."""
-    where = {vm: str(d.get("host", "")) for vm, d in records.definitions.items() if d.get("host")}
+    where = {vm: d.host for vm, d in records.definitions.items() if d.host}
     for vm, p in records.placements.items():
-        if p.get("host"):
-            where[vm] = str(p["host"])
+        if p.host:
+            where[vm] = p.host
     return where
 
 
@@ -95,11 +184,13 @@ def build_snapshot(records: ClusterRecords, verdicts: Mapping[str, HostVerdict],
     where = vm_locations(records)
     vms: dict[str, VM] = {}
     for vm, host in sorted(where.items()):
-        d = records.definitions.get(vm, {})
-        inv_vm = _inventory_vm(records.inventories.get(host, {}), vm)
-        memory = int(d.get("memory_mib") or inv_vm.get("memory_mib") or 0)
-        vms[vm] = VM(name=vm, host=host, memory_mib=memory, vcpus=int(d.get("vcpus") or inv_vm.get("vcpus") or 1),
-                     priority=int(d.get("priority", 0)), tags=frozenset(d.get("tags", ())))
+        d = records.definitions.get(vm)
+        inventory = records.inventories.get(host)
+        inv_vm = inventory.vm(vm) if inventory else None
+        memory = (d.memory_mib if d else 0) or (inv_vm.memory_mib if inv_vm else 0)
+        vcpus = (d.vcpus if d else 0) or (inv_vm.vcpus if inv_vm else 0) or 1
+        vms[vm] = VM(name=vm, host=host, memory_mib=memory, vcpus=vcpus, priority=d.priority if d else 0,
+                     tags=frozenset(d.tags if d else ()))
     used: dict[str, int] = {}
     cpu: dict[str, int] = {}
     for v in vms.values():
@@ -111,19 +202,19 @@ def build_snapshot(records: ClusterRecords, verdicts: Mapping[str, HostVerdict],
             used[i.dst] = used.get(i.dst, 0) + vms[i.vm].memory_mib
     hosts: dict[str, Host] = {}
     for name in sorted(set(records.inventories) | set(verdicts)):
-        inv = records.inventories.get(name, {})
+        inv = records.inventories.get(name) or InventoryRecord(name)
         verdict = verdicts.get(name)
         hosts[name] = Host(
             name=name,
-            memory_mib=int(inv.get("memory_total_mib") or 0) or 1,
-            cpus=int(inv.get("cpus") or 1),
+            memory_mib=inv.memory_total_mib or 1,
+            cpus=inv.cpus or 1,
             memory_used_mib=used.get(name, 0),
-            reserved_mib=int(inv.get("reserved_mib") or 0),
+            reserved_mib=inv.reserved_mib,
             cpu_used=float(cpu.get(name, 0)),
-            cpu_model=str(inv.get("cpu_model") or "qemu64"),
-            networks=frozenset(inv.get("networks") or ()),
-            storage_pools=frozenset(inv.get("storage_pools") or ()),
-            labels=dict(inv.get("labels") or {}),
+            cpu_model=inv.cpu_model or "qemu64",
+            networks=frozenset(inv.networks),
+            storage_pools=frozenset(inv.storage_pools),
+            labels=dict(inv.labels),
             state=verdict.state if verdict else HostState.UNREACHABLE,
             maintenance=name in records.maintenance,
         )
@@ -131,18 +222,116 @@ def build_snapshot(records: ClusterRecords, verdicts: Mapping[str, HostVerdict],
     return Snapshot(hosts, {n: v for n, v in vms.items() if v.host in hosts}, taken_at=now)
 
 
-def _inventory_vm(inv: Mapping[str, Any], vm: str) -> dict[str, Any]:
-    for entry in inv.get("vms") or ():
-        if isinstance(entry, dict) and entry.get("name") == vm:
-            return entry
-    return {}
-
-
 def running_on(records: ClusterRecords) -> dict[str, list[str]]:
     """vm -> hosts whose latest inventory lists it running (a duplicate shows as two)."""
     out: dict[str, list[str]] = {}
     for host, inv in sorted(records.inventories.items()):
-        for entry in inv.get("vms") or ():
-            if isinstance(entry, dict) and entry.get("state") == "running":
-                out.setdefault(str(entry.get("name")), []).append(host)
+        for entry in inv.vms:
+            if entry.state == "running":
+                out.setdefault(entry.name, []).append(host)
     return out
+
+
+# ---------------------------------------------------------------- the view
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    """One tick's picture of the cluster: records, verdicts and snapshot, all from one
+    read. `ok` is False when etcd could not be read (the records are then empty)."""
+
+    records: ClusterRecords = ClusterRecords()
+    verdicts: Mapping[str, HostVerdict] = field(default_factory=dict)
+    snapshot: Snapshot = field(default_factory=lambda: Snapshot({}, {}))
+    taken_at: float = 0.0
+    ok: bool = True
+
+    def host(self, name: str) -> Host | None:
+        return self.snapshot.hosts.get(name)
+
+    def uris(self) -> dict[str, str]:
+        """host -> libvirt URI, from the agents' inventories."""
+        return {h: inv.uri for h, inv in self.records.inventories.items() if inv.uri}
+
+
+def build_view(records: ClusterRecords, quorum: int | None, now: float, ok: bool = True) -> ClusterView:
+    verdicts = host_verdicts(records, quorum, now)
+    return ClusterView(records, verdicts, build_snapshot(records, verdicts, now), now, ok)
+
+
+def configured_quorum(controller_quorum: int | None, policy: Policy) -> int | None:
+    """The fixed witness quorum in force, if any: the controller's `witness_quorum`, else
+    the policy's; None = a majority of each host's witnesses (grading.quorum_for)."""
+    return controller_quorum if controller_quorum is not None else policy.evidence.witness_quorum
+
+
+def read_view(store: Store, keys: Keys, quorum: int | None, now: float) -> ClusterView:
+    """Read etcd once and build the view; an unreadable etcd gives an empty view, not ok."""
+    try:
+        records = read_records(store, keys)
+    except StoreError:
+        return build_view(ClusterRecords(), quorum, now, ok=False)
+    return build_view(records, quorum, now)
+
+
+class SharedView:
+    """The latest ClusterView of this process, shared by the controller loop (which
+    publishes one per tick) and the runner (which reads host URIs and states from it).
+
+    `uris` is a live read-only mapping: a host joins as soon as a view lists its URI, and
+    a URI once seen is kept (an inventory that turns unreadable must not strand a move).
+    `host` answers from the latest view etcd could be read for: during an outage the
+    runner keeps what it knew, while the loop's tick sees the outage (`latest.ok`).
+    """
+
+    def __init__(self, store: Store, keys: Keys, quorum: int | None) -> None:
+        self.store, self.keys, self.quorum = store, keys, quorum
+        self._lock = threading.Lock()
+        self._view = ClusterView()
+        self._last_ok = self._view
+        self._uris: dict[str, str] = {}
+        self.uris: Mapping[str, str] = _LiveUris(self)
+
+    def refresh(self, now: float) -> ClusterView:
+        """Read etcd once, publish and return the new view."""
+        view = read_view(self.store, self.keys, self.quorum, now)
+        self.publish(view)
+        return view
+
+    def publish(self, view: ClusterView) -> None:
+        with self._lock:
+            self._view = view
+            if view.ok:
+                self._last_ok = view
+            self._uris.update(view.uris())
+
+    @property
+    def latest(self) -> ClusterView:
+        with self._lock:
+            return self._view
+
+    def host(self, name: str) -> Host | None:
+        with self._lock:
+            return self._last_ok.host(name)
+
+    def uri(self, host: str) -> str | None:
+        with self._lock:
+            return self._uris.get(host)
+
+
+class _LiveUris(Mapping[str, str]):
+    def __init__(self, shared: SharedView) -> None:
+        self._shared = shared
+
+    def _copy(self) -> dict[str, str]:
+        with self._shared._lock:
+            return dict(self._shared._uris)
+
+    def __getitem__(self, host: str) -> str:
+        return self._copy()[host]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._copy())
+
+    def __len__(self) -> int:
+        return len(self._copy())

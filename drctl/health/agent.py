@@ -7,7 +7,11 @@ Each tick does what is due and says so in one sentence:
 - run the probes whose interval is up, filter each probe's grade with hysteresis, and
   write the host's grade under `hosts/<host>/health`, bound to the lease;
 - witness a few peers: does their libvirtd answer within a deadline, is their health key
-  (lease) present; written under `hosts/<peer>/witness/<host>`, bound to our lease;
+  (lease) present; written under `hosts/<peer>/witness/<host>`, bound to our lease. The
+  peers are our `witnesses` successors in a ring of all hosts by name (`choose_witnessed`),
+  so every host has min(witnesses, hosts - 1) witnesses, and the controller counts them by
+  their reports (a report lives with its writer's lease; we delete the ones about peers
+  we stopped witnessing);
 - publish the inventory and VM definitions (drctl/inventory.py).
 
 Everything waits on the injected Clock, so a simulated run with a SimClock, a MemoryStore
@@ -15,7 +19,6 @@ and simulated hosts is deterministic. Calls that can hang (libvirt) run with dea
 """
 from __future__ import annotations
 
-import json
 import threading
 from dataclasses import dataclass
 from typing import Callable
@@ -29,6 +32,7 @@ from drctl.health.grading import Grade, HealthRecord, ProbeGrade, Sample, Witnes
 from drctl.hypervisor import Hypervisor
 from drctl.health.inventory import Publisher, read_host
 from drctl.health.probes import Deadline, Probe, build, libvirt_answers
+from drctl.model.records import RecordError, parse_inventory
 from drctl.store import Lease, Store
 from drctl.store.keys import Keys
 
@@ -76,6 +80,7 @@ class Agent:
         self._peer_deadlines: dict[str, Deadline] = {}
         self._peer_reach: dict[str, bool] = {}
         self._known_peers: list[Peer] = list(cfg.peers or [])
+        self._witnessed: set[str] = set()  # peers we wrote reports about
         self._inventory_deadline = Deadline()
         self._publisher = Publisher(store, keys, cfg.host)
         # Witness rounds and inventory reads run in their own threads: a slow libvirtd
@@ -241,9 +246,9 @@ class Agent:
             if parsed is None or parsed[1] != "inventory":
                 continue
             try:
-                uri = json.loads(kv.value).get("uri", "")
-            except ValueError:
-                continue
+                uri = parse_inventory(kv.key, kv.value, parsed[0]).uri
+            except RecordError:
+                continue  # the controller reports unreadable records; a witness just skips it
             if uri:
                 found.append(Peer(parsed[0], uri))
         return found
@@ -270,6 +275,7 @@ class Agent:
             self._known_peers = self._peers(kvs)
         present = {kv.key for kv in kvs}
         chosen = choose_witnessed(self.host, self._known_peers, self.cfg.witnesses)
+        self._forget_unwitnessed({p.name for p in chosen})
         reports: dict[str, WitnessReport] = {}
         # one thread per peer: a hung peer must not delay the report about another
         threads = [threading.Thread(target=self._check_peer, daemon=True, name=f"witness:{p.name}",
@@ -287,6 +293,19 @@ class Agent:
         unreachable = [n for n, r in reports.items() if not r.libvirt_reachable]
         return f"witnessed {', '.join(sorted(reports))}" + (f" ({', '.join(unreachable)} unreachable)"
                                                              if unreachable else "") if reports else ""
+
+    def _forget_unwitnessed(self, chosen: set[str]) -> None:
+        """Remove our reports about peers we no longer witness (the ring changed as hosts
+        joined or left): the controller counts a host's witnesses by their reports, and a
+        report left to go stale would count as a witness that can never confirm."""
+        for name in sorted(self._witnessed - chosen):
+            try:
+                self._store.delete(self._keys.witness(name, self.host))
+            except StoreError as e:
+                self._store_down(e)
+                return
+            self._peer_reach.pop(name, None)
+        self._witnessed = set(chosen)
 
     # ------------------------------------------------------------ inventory
     def _publish_inventory(self) -> str:

@@ -10,38 +10,19 @@ Two questions live here:
   combines the host's own health record (present only while its lease lives), and the
   witness reports of its peers into one HostState with the evidence for it.
 
-`read_host_states` is the one function here that touches a Store: it reads the hosts
-prefix once and hands the records to the pure functions.
+The records come parsed (drctl.model.records); reading them from etcd is drctl.control.view's
+job. This module does no I/O.
 """
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field, replace
-from enum import Enum
-from typing import Any, Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Mapping
 
 from drctl.model.cluster import HostState
-from drctl.store import KV, Store
-from drctl.store.keys import Keys
+from drctl.model.records import Grade, HealthRecord, WitnessReport
 
-
-class Grade(str, Enum):
-    """A host's (or one probe's) own grade, worst last."""
-
-    HEALTHY = "healthy"
-    DEGRADED = "degraded"
-    FAILING = "failing"
-
-    @property
-    def severity(self) -> int:
-        return _SEVERITY[self]
-
-    @property
-    def state(self) -> HostState:
-        return HostState(self.value)
-
-
-_SEVERITY = {Grade.HEALTHY: 0, Grade.DEGRADED: 1, Grade.FAILING: 2}
+__all__ = ["Grade", "HealthRecord", "WitnessReport", "Sample", "ProbeGrade", "step", "combine", "HostVerdict",
+           "host_state", "quorum_for"]
 
 
 def _fmt(value: float | None) -> str:
@@ -119,76 +100,6 @@ def combine(grades: Mapping[str, ProbeGrade]) -> tuple[Grade, str, Sample | None
     return worst
 
 
-# ---------------------------------------------------------------- records the agents write
-
-
-@dataclass(frozen=True)
-class HealthRecord:
-    """`hosts/<host>/health`, bound to the agent's lease: present = the lease lives."""
-
-    host: str
-    grade: Grade
-    reason: str
-    ts: float
-    seq: int
-    interval_s: float = 1.0  # how often the agent rewrites it: tells a stalled agent apart
-    lease: int = 0
-    samples: Mapping[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> bytes:
-        return json.dumps({"host": self.host, "grade": self.grade.value, "reason": self.reason, "ts": self.ts,
-                           "seq": self.seq, "interval_s": self.interval_s, "samples": dict(self.samples)},
-                          sort_keys=True).encode()
-
-    @staticmethod
-    def from_kv(kv: KV) -> "HealthRecord | None":
-        raw = _load(kv.value)
-        try:
-            return HealthRecord(str(raw["host"]), Grade(raw["grade"]), str(raw.get("reason", "")),
-                                float(raw["ts"]), int(raw.get("seq", 0)), float(raw.get("interval_s", 1.0)),
-                                kv.lease, raw.get("samples") or {})
-        except (KeyError, TypeError, ValueError):
-            return None
-
-
-@dataclass(frozen=True)
-class WitnessReport:
-    """`hosts/<host>/witness/<witness>`: what one peer saw of the host, bound to the
-    peer's lease (a report disappears with the witness)."""
-
-    host: str
-    witness: str
-    libvirt_reachable: bool
-    lease_seen: bool  # the witness saw the host's health key (its lease) present
-    ts: float
-    interval_s: float = 1.0
-    latency_s: float | None = None
-    detail: str = ""
-
-    def to_json(self) -> bytes:
-        return json.dumps({"host": self.host, "witness": self.witness, "libvirt_reachable": self.libvirt_reachable,
-                           "lease_seen": self.lease_seen, "ts": self.ts, "interval_s": self.interval_s,
-                           "latency_s": self.latency_s, "detail": self.detail}, sort_keys=True).encode()
-
-    @staticmethod
-    def from_kv(kv: KV) -> "WitnessReport | None":
-        raw = _load(kv.value)
-        try:
-            return WitnessReport(str(raw["host"]), str(raw["witness"]), bool(raw["libvirt_reachable"]),
-                                 bool(raw.get("lease_seen", False)), float(raw["ts"]),
-                                 float(raw.get("interval_s", 1.0)), raw.get("latency_s"), str(raw.get("detail", "")))
-        except (KeyError, TypeError, ValueError):
-            return None
-
-
-def _load(value: bytes) -> dict[str, Any]:
-    try:
-        raw = json.loads(value)
-    except ValueError:
-        return {}
-    return raw if isinstance(raw, dict) else {}
-
-
 # ---------------------------------------------------------------- host state
 
 
@@ -219,20 +130,39 @@ def _stale(ts: float, interval_s: float, now: float, minimum: float = STALE_MIN_
     return now - ts > max(STALE_INTERVALS * interval_s, minimum)
 
 
+def quorum_for(witnesses: int, configured: int | None = None) -> int:
+    """How many witnesses must confirm a host's libvirtd unreachable (its lease being
+    gone) before it is DEAD. The one quorum rule; docs/health.md states it.
+
+    witnesses: the peers that witness this host, i.e. that have a report about it in etcd
+    (each agent watches its `witnesses` ring successors and its reports live with its
+    lease, so this counts the host's assigned, living witnesses - 2 with the shipped
+    configuration, fewer in a cluster of 2 or when a witness is gone too).
+    configured: a fixed quorum (controller `witness_quorum` or the policy's); None means
+    a majority of those witnesses: witnesses // 2 + 1. Never below 1: a gone lease alone
+    is not proof of death (a partition from etcd also removes it).
+    """
+    if configured is not None:
+        return max(1, configured)
+    return max(1, witnesses // 2 + 1)
+
+
 def default_quorum(witnesses: int) -> int:
-    """A majority of the witnesses a host has."""
-    return witnesses // 2 + 1
+    """A majority of the witnesses a host has (`quorum_for` with no fixed quorum)."""
+    return quorum_for(witnesses)
 
 
 def host_state(host: str, health: HealthRecord | None, witnesses: Mapping[str, WitnessReport],
-               quorum: int, now: float) -> HostVerdict:
+               quorum: int | None, now: float) -> HostVerdict:
     """Combine a host's own report, its lease and its witnesses' reports into one state.
 
     health: its health record, None when the key is gone (the key is bound to the agent's
     lease, so absent = lease expired or never granted). witnesses: peer -> report about
     this host (each present only while that peer's lease lives). quorum: how many fresh
-    witnesses must confirm they cannot reach its libvirtd before it counts as dead.
+    witnesses must confirm they cannot reach its libvirtd before it counts as dead; None:
+    a majority of the witnesses it has (`quorum_for`).
     """
+    quorum = quorum_for(len(witnesses), quorum)
     fresh = {w: r for w, r in sorted(witnesses.items()) if not _stale(r.ts, r.interval_s, now)}
     evidence = [f"witness {w}: {'reaches' if r.libvirt_reachable else 'cannot reach'} libvirtd"
                 f"{', sees lease' if r.lease_seen else ', lease not seen'}"
@@ -257,7 +187,7 @@ def host_state(host: str, health: HealthRecord | None, witnesses: Mapping[str, W
         return HostVerdict(host, HostState.UNREACHABLE,
                            f"lease gone but {', '.join(reaching)} still reach its libvirtd", tuple(evidence),
                            lease_present=False)
-    if len(confirming) >= max(1, quorum):
+    if len(confirming) >= quorum:
         return HostVerdict(host, HostState.DEAD,
                            f"lease gone and {len(confirming)} of quorum {quorum} witnesses cannot reach its libvirtd "
                            f"({', '.join(confirming)})", tuple(evidence),
@@ -265,32 +195,3 @@ def host_state(host: str, health: HealthRecord | None, witnesses: Mapping[str, W
     return HostVerdict(host, HostState.UNREACHABLE,
                        f"lease gone; only {len(confirming)} witnesses confirm, quorum is {quorum}", tuple(evidence),
                        lease_present=False)
-
-
-def host_states_from(kvs: Iterable[KV], keys: Keys, quorum: int, now: float) -> dict[str, HostVerdict]:
-    """Verdicts for every host that has any record under the hosts prefix (its inventory
-    outlives its lease, so a dead host is still listed)."""
-    hosts: set[str] = set()
-    health: dict[str, HealthRecord] = {}
-    witnesses: dict[str, dict[str, WitnessReport]] = {}
-    for kv in kvs:
-        parsed = keys.parse_host_key(kv.key)
-        if parsed is None:
-            continue
-        host, rest = parsed
-        hosts.add(host)
-        if rest == "health":
-            rec = HealthRecord.from_kv(kv)
-            if rec is not None:
-                health[host] = rec
-        elif rest.startswith("witness/"):
-            rep = WitnessReport.from_kv(kv)
-            if rep is not None:
-                witnesses.setdefault(host, {})[rest.removeprefix("witness/")] = rep
-    return {h: host_state(h, health.get(h), witnesses.get(h, {}), quorum, now) for h in sorted(hosts)}
-
-
-def read_host_states(store: Store, keys: Keys, quorum: int, now: float) -> dict[str, HostVerdict]:
-    """One read of the hosts prefix -> host -> verdict (see `host_state`)."""
-    kvs, _revision = store.get_prefix(keys.hosts_prefix())
-    return host_states_from(kvs, keys, quorum, now)

@@ -192,7 +192,7 @@ class Evidence:
     # Fencing is required only when a policy names a fence agent for it: without one the
     # lease and the witnesses are the evidence (docs/controller.md, "Dead hosts: evidence and fencing").
     required: frozenset[EvidenceKind] = frozenset({EvidenceKind.LEASE_EXPIRED, EvidenceKind.WITNESSES})
-    witness_quorum: int | None = None  # None = a majority of the other hosts
+    witness_quorum: int | None = None  # None = a majority of each host's witnesses (health.grading.quorum_for)
     fence_agent: str | None = None  # name of an agent in the controller's configuration
 
 

@@ -95,7 +95,9 @@ class Runner:
                  definitions: intents.DefinitionLookup | None = None,
                  reachable: Callable[[str, float], CheckResult] = tcp_reachable,
                  progress: ProgressCallback | None = None) -> None:
-        self.store, self.keys, self.uris, self._connect = store, keys, dict(uris), connect
+        # not copied: the controller passes its shared view's live mapping (hosts join as
+        # their agents publish); tests pass a plain dict
+        self.store, self.keys, self.uris, self._connect = store, keys, uris, connect
         self.clock, self.cfg = clock, config
         self.health = health or DomainRunning()
         self.storage = storage or DirPoolPreparer()

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from drctl.health.grading import host_states_from  # noqa: E402
+from drctl.control.view import host_states_from  # noqa: E402
 from drctl.lab import cluster, faults  # noqa: E402
 from drctl.lab.cluster import LabConfig, LabState  # noqa: E402
 from drctl.model.cluster import HostState  # noqa: E402

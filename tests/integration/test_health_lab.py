@@ -15,7 +15,7 @@ from typing import Iterator
 
 import pytest
 
-from drctl.health.grading import read_host_states
+from drctl.control.view import read_host_states
 from drctl.lab import faults
 from drctl.lab.agents import agent_dir
 from drctl.lab.cluster import LabConfig

@@ -15,7 +15,7 @@ from drctl.audit import writer as audit
 from drctl.health.agent import Agent, choose_witnessed
 from drctl.clock import SimClock
 from drctl.config.settings import AgentConfig, Peer
-from drctl.health.grading import read_host_states
+from drctl.control.view import read_host_states
 from drctl.hypervisor.sim import SimCluster
 from drctl.model.cluster import HostState
 from drctl.health.probes import KINDS, ProbeSpec

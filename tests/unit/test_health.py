@@ -4,8 +4,9 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
+from drctl.control.view import host_states_from
 from drctl.health.grading import (Grade, HealthRecord, HostVerdict, ProbeGrade, Sample, WitnessReport, combine,
-                          host_state, host_states_from, step)
+                          host_state, step)
 from drctl.model.cluster import HostState
 from drctl.store import KV
 from drctl.store.keys import Keys
