@@ -1,5 +1,6 @@
 """drctl's command line: argument parsing, configuration, output; wiring only.
 
-The one place that picks adapters (etcd or memory store, libvirt hypervisor, fence agents) and
-hands them to the parts below. May import every part; nothing imports it.
+Commands load the configuration and connect the store adapter; `drctl controller` hands the
+rest to `control.service`, which wires a replica (libvirt connections, fence agents, guest
+health). May import every part; nothing imports it.
 """
