@@ -80,6 +80,11 @@ CONTROLLER_FROZE = _ev("controller.froze", "The controller stopped acting (suspe
 CONTROLLER_RESUMED = _ev("controller.resumed", "The controller acts again after a freeze.",
                          "term reason")
 CONTROLLER_STARTED = _ev("controller.started", "A controller replica process started.", "name policy runner")
+CONTROLLER_STORE_UNAVAILABLE = _ev("controller.store_unavailable",
+                                   "A controller replica cannot reach etcd: it decides nothing until etcd answers.",
+                                   "name error")
+CONTROLLER_STORE_RECOVERED = _ev("controller.store_recovered", "A controller replica reaches etcd again.",
+                                 "name", "outage_s")
 CONTROLLER_VIEW_FAILED = _ev("controller.view_failed", "A tick could not read the cluster.", "error")
 RECORD_UNREADABLE = _ev("record.unreadable", "A record in etcd could not be parsed; it is skipped, reported once.",
                         "key error", "field")
@@ -126,6 +131,8 @@ INTENT_OUTCOME_UNKNOWN = _ev("intent.outcome_unknown", "Where the VM runs cannot
 RUNNER_GAVE_UP = _ev("runner.gave_up", "The runner let go of an intent another writer changed under it.",
                      "intent reason", "incident vm")
 RUNNER_PAUSED = _ev("runner.paused", "The replica's runner stopped taking intents (store trouble).", "error")
+RUNNER_RESUMED = _ev("runner.resumed", "The replica's runner reaches the store again and takes intents.", "",
+                     "paused_s")
 RUNNER_LEASE_RENEWED = _ev("runner.lease_renewed", "The runner's lease had expired; it took a fresh one and serves again.",
                            "runner", "old new")
 RETRY_SCHEDULED = _ev("retry.scheduled", "A transient failure will be retried after sleep_s (tenacity hook).",

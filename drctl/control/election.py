@@ -59,11 +59,17 @@ class Election:
         self._key = self.keys.leader(self._lease.id)
         value = json.dumps({"name": self.name, "host": socket.gethostname(), "pid": os.getpid(),
                             "since": self.clock.now()}).encode()
-        if not self.store.create(self._key, value, lease=self._lease.id):
-            raise StoreError(f"election key {self._key} already exists")
-        kv = self.store.get(self._key)
-        if kv is None:
-            raise LeaseLost(f"election key {self._key} vanished right after creation")
+        try:
+            if not self.store.create(self._key, value, lease=self._lease.id):
+                raise StoreError(f"election key {self._key} already exists")
+            kv = self.store.get(self._key)
+            if kv is None:
+                raise LeaseLost(f"election key {self._key} vanished right after creation")
+        except StoreError:
+            # half a candidacy (etcd went away between the lease and the key): drop it, so
+            # the next campaign starts clean; a key that did land goes with the lease
+            self.resign()
+            raise
         self._rev = kv.create_revision
         audit.emit(events.ELECTION_CAMPAIGNED, candidate=self.name, key=self._key, revision=self._rev)
 

@@ -23,6 +23,7 @@ from drctl.clock import Clock, SystemClock
 from drctl.control.view import (ClusterRecords, ClusterView, SharedView, configured_quorum, parse_incident,
                                 short_of_quorum)
 from drctl.control.tick import (
+    ETCD_UNHEALTHY,
     CloseIncident,
     Decision,
     Freeze,
@@ -40,7 +41,7 @@ from drctl.control.tick import (
     tick,
 )
 from drctl.control.election import Election, Leadership
-from drctl.model.errors import DrctlError
+from drctl.model.errors import DrctlError, StoreError, StoreUnavailable
 from drctl.fencing.agents import FenceAgent
 from drctl.health.grading import HostVerdict
 from drctl.control.intents import IntentParams, create_intents, new_intent
@@ -49,6 +50,8 @@ from drctl.model.records import InventoryRecord
 from drctl.policy import EvidenceKind, Policy
 from drctl.store import Put, Store
 from drctl.store.keys import Keys
+
+OUTAGE_POLL_MAX_S = 2.0  # how often, at most, a replica asks an absent etcd whether it is back
 
 HypervisorFor = Callable[[str], object]  # host -> Hypervisor (connect by the inventory's URI)
 
@@ -100,16 +103,46 @@ class ControllerLoop:
         self.state = LoopState(state_since={}, fencing=set())
         self.leadership: Leadership | None = None
         self._lost = threading.Event()
+        self._frozen = ""  # the freeze in force when this replica last decided or lost etcd
 
     # ------------------------------------------------------------------ lifecycle
     def run(self, stop: threading.Event) -> None:
-        self.election.campaign()
+        """Campaign, lead, campaign again, until `stop`. An etcd outage never ends the
+        replica (issue 12, case 15): it is waited out here, and the replica campaigns
+        again once etcd answers. While it lasts nobody decides: a leader's ticks freeze on
+        the unreadable view until its election lease lapses, candidates cannot campaign."""
         while not stop.is_set():
-            lead = self.election.wait_for_leadership(stop)
-            if lead is None:
-                break
-            self._lead(lead, stop)
+            try:
+                lead = self.election.wait_for_leadership(stop)  # campaigns when it has no key
+                if lead is None:
+                    break
+                self._lead(lead, stop)
+            except StoreUnavailable as e:
+                self._wait_out_outage(e, stop)
+            except StoreError as e:  # a lost lease or key mid-call: campaign afresh
+                audit.warn(events.CONTROLLER_DECISION_FAILED, decision="campaign", error=str(e))
+                stop.wait(self.tick_interval_s)
         self.election.resign()
+
+    def _wait_out_outage(self, error: StoreError, stop: threading.Event) -> None:
+        """Block until the store answers again (or `stop`), saying so in the audit. The
+        next leadership of this replica starts frozen on "etcd is unhealthy", so the
+        first tick that reads etcd again records that decisions resumed."""
+        started = self.clock.monotonic()
+        audit.warn(events.CONTROLLER_STORE_UNAVAILABLE, name=self.name, error=str(error))
+        self.echo(f"{self.name}: etcd unavailable ({error}); deciding nothing until it answers")
+        self._frozen = ETCD_UNHEALTHY
+        delay = self.tick_interval_s
+        while not stop.wait(delay):
+            try:
+                self.store.revision()
+            except StoreError:
+                delay = min(delay * 2, OUTAGE_POLL_MAX_S)
+                continue
+            outage_s = round(self.clock.monotonic() - started, 1)
+            audit.emit(events.CONTROLLER_STORE_RECOVERED, name=self.name, outage_s=outage_s)
+            self.echo(f"{self.name}: etcd answers again after {outage_s:g}s")
+            return
 
     def _deposed(self, reason: str) -> None:
         self._lost.set()
@@ -118,26 +151,41 @@ class ControllerLoop:
     def _lead(self, lead: Leadership, stop: threading.Event) -> None:
         self.leadership = lead
         self._lost.clear()
-        self.state = LoopState(state_since={}, fencing=set())
+        # a freeze this replica saw (as leader or while etcd was away) carries over, so
+        # that the tick which clears it says so (controller.resumed)
+        self.state = LoopState(state_since={}, fencing=set(), frozen=self._frozen)
         audit.bind(term=lead.term)
         audit.emit(events.CONTROLLER_ELECTED, term=lead.term, reason=f"{self.name} holds the lowest election key")
         self.echo(f"{self.name}: elected leader (term {lead.term})")
-        if self.on_leading:
-            self.on_leading(lead)
-        watch = self.store.watch_prefix(self.keys.prefix, lambda _ev: self.wake.set())
+        watch = None
         try:
+            if self.on_leading:
+                self.on_leading(lead)
+            watch = self.store.watch_prefix(self.keys.prefix, lambda _ev: self.wake.set())
             while not stop.is_set() and not self._lost.is_set():
-                if self.election.current() is None:
+                if not self._still_leading():
                     break
                 self.tick_once(lead)
+                self._frozen = self.state.frozen
                 self.wake.wait(self.tick_interval_s)
                 self.wake.clear()
         finally:
-            watch.cancel()
+            if watch is not None:
+                watch.cancel()
             audit.emit(events.CONTROLLER_DEPOSED, term=lead.term,
                        reason="stopped" if stop.is_set() else "lost the election key")
             audit.unbind("term")
             self.leadership = None
+
+    def _still_leading(self) -> bool:
+        """Whether to tick on. etcd unreachable: we cannot tell, and keep ticking (each
+        tick freezes on the unreadable view, every write is guarded by our key anyway)
+        until our election lease lapses, which deposes us (`_deposed`)."""
+        try:
+            return self.election.current() is not None
+        except StoreUnavailable:
+            lease = self.election.lease
+            return lease is not None and lease.alive
 
     # ------------------------------------------------------------------ one tick
     def build_view(self, now: float) -> tuple[View, ClusterRecords, Snapshot]:

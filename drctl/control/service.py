@@ -9,6 +9,7 @@ a background thread refreshes it every second so its runner can finish intents t
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -109,10 +110,18 @@ def _refresh_forever(shared: SharedView, stop: threading.Event, every_s: float =
         stop.wait(every_s / 2)
 
 
-def _run_runner(runner, stop: threading.Event) -> None:  # type: ignore[no-untyped-def]
+def _run_runner(runner, stop: threading.Event, retry_s: float = 1.0) -> None:  # type: ignore[no-untyped-def]
+    """Run the runner until `stop`, through any etcd outage: paused once, resumed once."""
+    paused_at: float | None = None
     while not stop.is_set():
         try:
+            if paused_at is not None:
+                runner.run_pending()  # raises while the store is still away
+                audit.emit(events.RUNNER_RESUMED, paused_s=round(time.monotonic() - paused_at, 1))
+                paused_at = None
             runner.run_forever(stop)
         except DrctlError as e:  # etcd outage: report, wait, carry on
-            audit.warn(events.RUNNER_PAUSED, error=str(e))
-            stop.wait(1.0)
+            if paused_at is None:
+                audit.warn(events.RUNNER_PAUSED, error=str(e))
+                paused_at = time.monotonic()
+            stop.wait(retry_s)

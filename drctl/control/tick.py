@@ -144,6 +144,9 @@ class Settings:
     quorum: int | None = None  # witnesses; None = the policy's (or a majority)
 
 
+ETCD_UNHEALTHY = "etcd is unhealthy"  # the freeze reason while the view cannot be read
+
+
 # ------------------------------------------------------------------ the tick
 
 
@@ -174,9 +177,11 @@ def tick(view: View, policy: Policy, now: float, settings: Settings = Settings()
 
 def _freeze_reason(view: View, policy: Policy, settings: Settings) -> str:
     if not view.etcd_healthy:
-        return "etcd is unhealthy"
+        return ETCD_UNHEALTHY
     if view.age_s > settings.stale_after_s:
-        return f"view is stale ({view.age_s:.1f}s old)"
+        # the limit, not the age: the reason must read the same on every tick it holds,
+        # or each tick would freeze anew
+        return f"view is stale (older than {settings.stale_after_s:g}s)"
     # Hosts that failed "at once": more than the blast radius allows is more likely the
     # network than the hosts (docs/controller.md, "Freezing"). Drains are operator requests: not counted.
     troubled = [n for n, h in view.snapshot.hosts.items()

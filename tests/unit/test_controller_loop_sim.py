@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from drctl.clock import SimClock
+from drctl.clock import Clock, SimClock
 from drctl.control.loop import ControllerLoop, incident_from_json
 from drctl.control.election import Election
 from drctl.health.grading import Grade, HealthRecord, WitnessReport
@@ -40,11 +40,11 @@ HOSTS = ("h1", "h2", "h3")
 class Cluster:
     """Writes the records three agents would write."""
 
-    def __init__(self) -> None:
-        self.clock = SimClock()
+    def __init__(self, clock: Clock | None = None, host_lease_ttl: int = 2) -> None:
+        self.clock = clock or SimClock()
         self.store = MemoryStore(self.clock)
         self.keys = Keys("/drctl/")
-        self.leases = {h: self.store.grant_lease(2, keepalive=False) for h in HOSTS}
+        self.leases = {h: self.store.grant_lease(host_lease_ttl, keepalive=False) for h in HOSTS}
         self.seq = 0
         for h in HOSTS:
             inv = {"host": h, "uri": f"sim://{h}", "memory_total_mib": 8192, "cpus": 4, "cpu_model": "qemu64",

@@ -1,0 +1,151 @@
+"""Controller replicas through an etcd outage (issue 12, case 15), on the in-memory store.
+
+The replicas run their real loop (`ControllerLoop.run`) in threads on the system clock;
+`MemoryStore.fail(True)` makes every store call raise StoreUnavailable and stops lease
+keepalives, as a killed etcd does. A replica must outlive the outage, freeze while it
+lasts and resume after, with both in the audit.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from drctl.audit import events
+from drctl.audit import writer as audit
+from drctl.clock import SystemClock
+from drctl.control.loop import ControllerLoop
+from drctl.store.memory import MemoryStore
+from tests.unit.test_controller_loop_sim import POLICY, Cluster
+
+
+class Replica:
+    """One ControllerLoop.run in a thread; an exception that ends it is kept."""
+
+    def __init__(self, cluster: Cluster, name: str) -> None:
+        self.loop = ControllerLoop(cluster.store, cluster.keys, POLICY, name, clock=cluster.clock,
+                                   tick_interval_s=0.05)
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name=f"replica:{name}", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.loop.run(self.stop)
+        except BaseException as e:  # noqa: BLE001 - the test reports what ended the replica
+            self.error = e
+
+    def alive(self) -> bool:
+        return self.thread.is_alive()
+
+
+@pytest.fixture
+def sink() -> Iterator[audit.AuditSink]:
+    yield audit.configure("test", keep_in_memory=True)
+
+
+@pytest.fixture
+def cluster() -> Iterator[Cluster]:
+    # the agents' records on the system clock (lease timers are real); the hosts' leases
+    # outlast the test, so only the controllers' own leases feel the outage
+    c = Cluster(SystemClock(), host_lease_ttl=60)
+    yield c
+    c.store.close()
+
+
+def wait_for(what: str, cond: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.02)
+    pytest.fail(f"timed out after {timeout_s:g}s waiting for {what}")
+
+
+def names(sink: audit.AuditSink) -> list[str]:
+    return [str(e["event"]) for e in sink.lines]
+
+
+def test_replicas_outlive_an_etcd_outage_freeze_and_resume(cluster: Cluster, sink: audit.AuditSink) -> None:
+    replicas = [Replica(cluster, "c1"), Replica(cluster, "c2")]
+    replicas[0].thread.start()
+    wait_for("c1 to lead", lambda: replicas[0].loop.leadership is not None)
+    replicas[1].thread.start()
+    wait_for("c2 to campaign", lambda: len(cluster.store.get_prefix(cluster.keys.leader_prefix())[0]) == 2)
+    wait_for("a steady tick", lambda: "all 3 hosts steady" in replicas[0].loop.state.last_sentence)
+
+    cluster.store.fail(True)  # etcd killed: longer than the election lease (2 s)
+    time.sleep(3.0)
+    for r in replicas:
+        assert r.alive(), f"{r.loop.name} exited during the outage: {r.error!r}"
+    cluster.store.fail(False)
+
+    def someone_leads_again() -> bool:
+        return any(r.loop.leadership is not None and "resumed" in r.loop.state.last_sentence for r in replicas)
+
+    wait_for("a leader that resumed after the outage", someone_leads_again)
+    for r in replicas:
+        assert r.alive(), f"{r.loop.name} exited after the outage: {r.error!r}"
+    seen = names(sink)
+    froze = [e for e in sink.lines if e["event"] == events.CONTROLLER_FROZE]
+    assert froze and froze[0]["reason"] == "etcd is unhealthy"
+    resumed = [e for e in sink.lines if e["event"] == events.CONTROLLER_RESUMED]
+    assert resumed and "etcd is unhealthy" in str(resumed[0]["reason"])
+    assert seen.index(events.CONTROLLER_FROZE) < seen.index(events.CONTROLLER_RESUMED)
+    for r in replicas:
+        r.stop.set()
+        r.loop.wake.set()
+    for r in replicas:
+        r.thread.join(10)
+        assert not r.alive() and r.error is None
+
+
+def test_runner_pauses_once_and_serves_again_after_an_outage(sink: audit.AuditSink) -> None:
+    from pathlib import Path
+
+    from drctl.control import intents
+    from drctl.control.service import _run_runner
+    from drctl.hypervisor.sim import SimCluster
+    from drctl.lab.guest import GuestImage, domain_xml
+    from drctl.model.cluster import IntentState, Move
+    from drctl.runner.executor import Runner, RunnerConfig
+    from drctl.runner.migration import WatchConfig
+    from drctl.store.keys import Keys
+
+    clock = SystemClock()
+    store, keys, sim = MemoryStore(clock), Keys(), SimCluster(clock)
+    for h in ("h1", "h2"):
+        sim.add_host(h, memory_mib=4096)
+    hv = sim.connect(sim.uri("h1"))
+    hv.define(domain_xml("web-1", GuestImage(Path("/k"), Path("/i")), 256, Path("/c/web-1")))
+    hv.start("web-1")
+    runner = Runner(store, keys, {h: sim.uri(h) for h in ("h1", "h2")}, sim.connect, clock,
+                    RunnerConfig("r1", watch=WatchConfig(poll_s=0.01), rescan_s=0.1, lease_ttl_s=2))
+    stop = threading.Event()
+    thread = threading.Thread(target=_run_runner, args=(runner, stop, 0.1), daemon=True)
+    thread.start()
+    try:
+        time.sleep(0.3)
+        store.fail(True)
+        time.sleep(2.5)  # past the runner's lease TTL: its claims lapse, it takes a new lease
+        assert thread.is_alive()
+        store.fail(False)
+        wait_for("runner.resumed", lambda: events.RUNNER_RESUMED in names(sink))
+        assert names(sink).count(events.RUNNER_PAUSED) == 1
+        it = intents.new_intent(Move("web-1", "h1", "h2", reason="test"), "inc-1", 7, clock.now(),
+                                intents.IntentParams(bandwidth_mibs=256), ())
+        assert intents.create_intents(store, keys, [it])
+
+        def done() -> bool:
+            got = intents.get_intent(store, keys, it.id)
+            return got is not None and got.state is IntentState.DONE
+
+        wait_for("the intent written after the outage to be done", done)
+        assert sim.where("web-1") == ["h2"]
+    finally:
+        stop.set()
+        thread.join(10)
+        runner.close()
+        store.close()
