@@ -142,11 +142,11 @@ RETRY_SCHEDULED = _ev("retry.scheduled", "A transient failure will be retried af
 EVIDENCE_RECORDED = _ev("evidence.recorded", "One piece of evidence that a host is dead (lease, witnesses, quorum).",
                         "incident host kind detail", "witnesses quorum met")
 FENCE_REQUESTED = _ev("fence.requested", "A fence agent was asked to power off / isolate a host.",
-                      "incident host agent", "term")
+                      "incident host agent", "term resumed")
 FENCE_SUCCEEDED = _ev("fence.succeeded", "A fence agent confirmed the host is off.",
-                      "incident host agent", "detail")
+                      "incident host agent", "detail term")
 FENCE_FAILED = _ev("fence.failed", "A fence agent failed; restarts must not proceed on its word.",
-                   "incident host agent error")
+                   "incident host agent error", "term")
 VM_RESTARTED = _ev("vm.restarted", "A VM of a fenced host was defined and started on another host.",
                    "incident intent vm src dst", "attempt boot_ms")
 VM_VERIFIED = _ev("vm.verified", "Where a VM runs was checked after a move (exactly once, guest alive).",

@@ -42,13 +42,13 @@ from drctl.control.tick import (
 )
 from drctl.control.election import Election, Leadership
 from drctl.model.errors import DrctlError, StoreError, StoreUnavailable
-from drctl.fencing.agents import FenceAgent
+from drctl.fencing.agents import FenceAgent, FenceResult, PowerState
 from drctl.health.grading import HostVerdict
 from drctl.control.intents import IntentParams, create_intents, new_intent
 from drctl.model.cluster import HostState, IntentState, Snapshot
 from drctl.model.records import InventoryRecord
 from drctl.policy import EvidenceKind, Policy
-from drctl.store import Put, Store
+from drctl.store import Compare, Put, Store
 from drctl.store.keys import Keys
 
 OUTAGE_POLL_MAX_S = 2.0  # how often, at most, a replica asks an absent etcd whether it is back
@@ -242,6 +242,8 @@ class ControllerLoop:
             except DrctlError as e:
                 audit.warn(events.CONTROLLER_DECISION_FAILED, decision=type(d).__name__, error=str(e))
         self.state.frozen = result.frozen
+        if not result.frozen:
+            self._resume_fences(view, lead)
         self._remove_stale_copies(records, lead, view)
         if result.sentence != self.state.last_sentence:
             audit.emit(events.TICK_COMPLETED, sentence=result.sentence, decisions=len(result.decisions))
@@ -299,38 +301,86 @@ class ControllerLoop:
             return
         if inc is None:
             return  # not written (we were deposed): the next leader decides again
+        self._start_fence(d, agent, lead, resumed=False)
+
+    def _resume_fences(self, view: View, lead: Leadership) -> None:
+        """Finish fences nobody is carrying out (issue 12, case 10): an incident in the
+        fencing phase whose host this replica is not fencing was left by a leader that
+        died or was deposed before the agent answered, or whose result could not be
+        written. Fencing is idempotent: the agent's `status` first, `off` only if the
+        host is not off."""
+        for inc in sorted(view.incidents.values(), key=lambda i: i.id):
+            if inc.phase is not IncidentPhase.FENCING or inc.fenced or inc.host in (self.state.fencing or set()):
+                continue
+            current = self._incident(inc.id)  # the view may predate a fence result written since
+            if current is None or current.phase is not IncidentPhase.FENCING or current.fenced:
+                continue
+            d = RequestFence(inc.id, inc.host, self.policy.evidence.fence_agent or "")
+            audit.emit(events.FENCE_REQUESTED, incident=d.incident, host=d.host, agent=d.agent, term=lead.term,
+                       resumed=True)
+            self.echo(f"{self.name}: resuming the fencing of {d.host} for {d.incident}")
+            agent = self.fence_agents.get(d.agent)
+            if agent is None:
+                self._needs_human(lead, d, current, f"no fence agent named {d.agent!r} is configured")
+                continue
+            self._start_fence(d, agent, lead, resumed=True)
+
+    def _start_fence(self, d: RequestFence, agent: FenceAgent, lead: Leadership, resumed: bool) -> None:
         assert self.state.fencing is not None
-        self.state.fencing.add(d.host)
+        fencing = self.state.fencing
+        fencing.add(d.host)
 
         def run() -> None:
             try:
-                result = agent.off(d.host)
-                current = self._incident(d.incident) or inc
-                assert current is not None
+                result = self._power_off(agent, d.host, resumed)
                 if result.confirmed_off:
                     audit.emit(events.FENCE_SUCCEEDED, incident=d.incident, host=d.host, agent=d.agent,
-                               detail=result.detail)
-                    audit.emit(events.EVIDENCE_RECORDED, incident=d.incident, host=d.host, kind=events.EvidenceSource.FENCE,
-                               detail=result.detail)
-                    nxt = replace(current, fenced=True, phase=IncidentPhase.AWAITING_EVIDENCE,
-                                  evidence=tuple(sorted({*current.evidence, EvidenceKind.FENCE.value})))
-                    self._write(lead, self.keys.incident(d.incident), incident_to_json(nxt))
+                               detail=result.detail, term=lead.term)
+                    self._record_fence(d, lead, result.detail)
                 else:
-                    self._needs_human(lead, d, current, result.detail)
+                    self._needs_human(lead, d, self._incident(d.incident), result.detail)
             except Exception as e:  # noqa: BLE001 - a crashing agent is a failed fence, never a pass
-                self._needs_human(lead, d, inc, f"{type(e).__name__}: {e}")
+                try:
+                    self._needs_human(lead, d, self._incident(d.incident), f"{type(e).__name__}: {e}")
+                except DrctlError:
+                    pass  # etcd away: the incident stays in fencing, and is resumed
             finally:
-                (self.state.fencing or set()).discard(d.host)
+                fencing.discard(d.host)
                 self.wake.set()
 
         threading.Thread(target=run, name=f"fence:{d.host}", daemon=True).start()
+
+    @staticmethod
+    def _power_off(agent: FenceAgent, host: str, resumed: bool) -> FenceResult:
+        """`off`; when resuming another leader's fence, `status` first: the host may be off already."""
+        if resumed:
+            state = agent.status(host)
+            if state is PowerState.OFF:
+                return FenceResult(host, agent.name, True, "status says off (fenced before this leader took over)")
+        return agent.off(host)
+
+    def _record_fence(self, d: RequestFence, lead: Leadership, detail: str) -> None:
+        """Record the fence on the incident, only if it still waits for it: guarded by
+        our term and by the incident's revision (a closed or handed-over incident stays so)."""
+        key = self.keys.incident(d.incident)
+        kv = self.store.get(key)
+        if kv is None:
+            return
+        current = incident_from_json(kv.value)
+        if current.phase is not IncidentPhase.FENCING or current.fenced:
+            return
+        nxt = replace(current, fenced=True, phase=IncidentPhase.AWAITING_EVIDENCE,
+                      evidence=tuple(sorted({*current.evidence, EvidenceKind.FENCE.value})))
+        if self.store.txn([*lead.guard(), Compare.mod_at(key, kv.mod_revision)], [Put(key, incident_to_json(nxt))]):
+            audit.emit(events.EVIDENCE_RECORDED, incident=d.incident, host=d.host,
+                       kind=events.EvidenceSource.FENCE, detail=detail)
 
     def _incident(self, incident_id: str) -> Incident | None:
         kv = self.store.get(self.keys.incident(incident_id))
         return parse_incident(kv.key, kv.value) if kv else None
 
     def _needs_human(self, lead: Leadership, d: RequestFence, inc: Incident | None, why: str) -> None:
-        audit.warn(events.FENCE_FAILED, incident=d.incident, host=d.host, agent=d.agent, error=why)
+        audit.warn(events.FENCE_FAILED, incident=d.incident, host=d.host, agent=d.agent, error=why, term=lead.term)
         self.echo(f"{self.name}: fencing {d.host} failed ({why}); restarting nothing - a human must decide")
         if inc is not None:
             nxt = replace(inc, phase=IncidentPhase.NEEDS_HUMAN, reason=f"fencing failed: {why}")
