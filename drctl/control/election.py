@@ -83,6 +83,11 @@ class Election:
     def lease(self) -> Lease | None:
         return self._lease
 
+    @property
+    def deposed_reason(self) -> str:
+        """Why this candidacy ended ("election lease lost", "election key gone"), or ""."""
+        return self._deposed_reason
+
     def candidates(self) -> list[tuple[int, str, bytes]]:
         kvs, _ = self.store.get_prefix(self.keys.leader_prefix())
         return sorted((kv.create_revision, kv.key, kv.value) for kv in kvs)

@@ -173,7 +173,7 @@ class ControllerLoop:
             if watch is not None:
                 watch.cancel()
             audit.emit(events.CONTROLLER_DEPOSED, term=lead.term,
-                       reason="stopped" if stop.is_set() else "lost the election key")
+                       reason="stopped" if stop.is_set() else self.election.deposed_reason or "lost the election key")
             audit.unbind("term")
             self.leadership = None
 
