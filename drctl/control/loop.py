@@ -95,7 +95,7 @@ class ControllerLoop:
         self.tick_interval_s = tick_interval_s
         self.settings = settings
         # the view this loop builds once per tick, shared with the runner of this process
-        self.shared = shared or SharedView(store, keys, configured_quorum(quorum, policy))
+        self.shared = shared or SharedView(store, keys, configured_quorum(quorum, policy), clock=self.clock)
         self.echo = echo or (lambda _s: None)
         self.on_leading = on_leading
         self.election = Election(store, keys, name, ttl=lease_ttl, clock=self.clock, on_deposed=self._deposed)
@@ -206,7 +206,7 @@ class ControllerLoop:
         intents = tuple(IntentView(i.id, i.incident, i.vm, i.src, i.dst, i.state, i.kind)
                         for i in records.intents if i.incident in incidents or not i.state.terminal)
         view = View(snapshot=snap, verdicts=verdicts, held_s=held,
-                    incidents=incidents, intents=intents, etcd_healthy=cluster.ok, age_s=0.0,
+                    incidents=incidents, intents=intents, etcd_healthy=cluster.ok, age_s=cluster.age_s(self.clock.monotonic()),
                     frozen=self.state.frozen, recently_closed=recently_closed)
         return view, records, snap
 

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable, Mapping
 
+from drctl.clock import Clock, SystemClock
 from drctl.control.intents import Intent, parse_intent, report_unreadable
 from drctl.control.tick import Incident, IncidentKind, IncidentPhase
 from drctl.health.grading import HostVerdict, host_state
@@ -245,9 +246,17 @@ class ClusterView:
     snapshot: Snapshot = field(default_factory=lambda: Snapshot({}, {}))
     taken_at: float = 0.0
     ok: bool = True
+    # when the read this data came from was sent, on this process's monotonic clock; for
+    # a view that is not ok, that of the last read that succeeded (SharedView.refresh)
+    read_mono: float = 0.0
 
     def host(self, name: str) -> Host | None:
         return self.snapshot.hosts.get(name)
+
+    def age_s(self, mono_now: float) -> float:
+        """How old the data is: time since its read was sent, by the local monotonic
+        clock alone (never another machine's wall clock, never ours jumping)."""
+        return max(0.0, mono_now - self.read_mono)
 
     def uris(self) -> dict[str, str]:
         """host -> libvirt URI, from the agents' inventories."""
@@ -284,8 +293,9 @@ class SharedView:
     runner keeps what it knew, while the loop's tick sees the outage (`latest.ok`).
     """
 
-    def __init__(self, store: Store, keys: Keys, quorum: int | None) -> None:
+    def __init__(self, store: Store, keys: Keys, quorum: int | None, clock: Clock | None = None) -> None:
         self.store, self.keys, self.quorum = store, keys, quorum
+        self.clock = clock or SystemClock()
         self._lock = threading.Lock()
         self._view = ClusterView()
         self._last_ok = self._view
@@ -293,8 +303,14 @@ class SharedView:
         self.uris: Mapping[str, str] = _LiveUris(self)
 
     def refresh(self, now: float) -> ClusterView:
-        """Read etcd once, publish and return the new view."""
+        """Read etcd once, publish and return the new view. Its `read_mono` is when this
+        read was sent if it succeeded, else when the last successful one was: the age
+        of a view counts from the read its data came from."""
+        sent = self.clock.monotonic()
         view = read_view(self.store, self.keys, self.quorum, now)
+        with self._lock:
+            since = sent if view.ok else self._last_ok.read_mono
+        view = replace(view, read_mono=since)
         self.publish(view)
         return view
 

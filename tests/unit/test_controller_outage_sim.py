@@ -149,3 +149,60 @@ def test_runner_pauses_once_and_serves_again_after_an_outage(sink: audit.AuditSi
         thread.join(10)
         runner.close()
         store.close()
+
+
+class SlowReads:
+    """The store, with every read of the whole prefix (the tick's view) taking
+    `delay_s` of the simulated clock: an overloaded etcd that still answers."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self._store, self._cluster, self.delay_s = cluster.store, cluster, 0.0
+
+    def get_prefix(self, prefix: str) -> tuple[list, int]:  # type: ignore[type-arg]
+        if prefix == self._cluster.keys.prefix and self.delay_s:
+            self._cluster.clock.advance(self.delay_s)  # type: ignore[attr-defined]
+        return self._store.get_prefix(prefix)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._store, name)
+
+
+def test_a_view_older_than_stale_after_freezes_and_a_fresh_one_resumes(sink: audit.AuditSink) -> None:
+    from drctl.control.tick import Settings
+
+    c = Cluster(host_lease_ttl=60)
+    slow = SlowReads(c)
+    loop = ControllerLoop(slow, c.keys, POLICY, "c1", clock=c.clock,  # type: ignore[arg-type]
+                          settings=Settings(stale_after_s=10.0))
+    loop.election.campaign()
+    lead = loop.election.current()
+    assert lead is not None
+    assert loop.tick_once(lead) == "all 3 hosts steady; nothing to do"
+    slow.delay_s = 12.0  # the answer arrives 12 s after the read was sent
+    assert loop.tick_once(lead) == "frozen: view is stale (older than 10s); decided nothing"
+    assert loop.tick_once(lead) == "frozen: view is stale (older than 10s); decided nothing"
+    slow.delay_s = 0.0
+    c.report()
+    assert loop.tick_once(lead) == "resumed (cleared: view is stale (older than 10s))"
+    froze = [e for e in sink.lines if e["event"] == events.CONTROLLER_FROZE]
+    assert [e["reason"] for e in froze] == ["view is stale (older than 10s)"]  # once, not every tick
+    assert [e["reason"] for e in sink.lines if e["event"] == events.CONTROLLER_RESUMED] == [
+        "cleared: view is stale (older than 10s)"]
+
+
+def test_a_view_etcd_could_not_give_is_as_old_as_the_last_read_that_succeeded() -> None:
+    from drctl.control.view import SharedView
+
+    c = Cluster()
+    shared = SharedView(c.store, c.keys, None, clock=c.clock)
+    sent = c.clock.monotonic()
+    first = shared.refresh(c.clock.now())
+    assert first.ok and first.read_mono == sent and first.age_s(c.clock.monotonic()) == 0.0
+    c.clock.advance(5.0)
+    c.store.fail(True)
+    down = shared.refresh(c.clock.now())
+    assert not down.ok and down.read_mono == sent and down.age_s(c.clock.monotonic()) == 5.0
+    c.store.fail(False)
+    c.clock.advance(1.0)
+    again = shared.refresh(c.clock.now())
+    assert again.ok and again.age_s(c.clock.monotonic()) == 0.0
