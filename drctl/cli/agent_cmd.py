@@ -16,12 +16,13 @@ import click
               help="drctl configuration file (YAML)")
 def agent(host: str | None, config_path: Path) -> None:
     """Probe this host and its peers; heartbeat graded health into etcd."""
+    from drctl.audit import events
     from drctl.audit import writer as audit
     from drctl.health.agent import Agent
     from drctl.clock import SystemClock
     from drctl.config.settings import AgentConfig, load_config
     from drctl.hypervisor.libvirt_adapter import connect
-    from drctl.store.etcd import connect_store
+    from drctl.store.etcd import connect_store_waiting
     from drctl.store.keys import Keys
 
     cfg = load_config(config_path)  # a bad probe stops us here, naming file, line, field
@@ -29,10 +30,20 @@ def agent(host: str | None, config_path: Path) -> None:
     if host:
         agent_cfg = dataclasses.replace(agent_cfg, host=host)
     audit.configure(f"agent:{agent_cfg.host}", path=agent_cfg.audit_file or None, echo=sys.stderr)
-    store = connect_store(list(cfg.etcd.endpoints), timeout=cfg.etcd.timeout_s)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    waited: list[Exception] = []
+
+    def waiting(e: Exception) -> None:  # etcd down at start-up: wait for it, as through any outage
+        waited.append(e)
+        audit.warn(events.AGENT_STORE_UNAVAILABLE, host=agent_cfg.host, error=f"{e}; waiting for it")
+
+    store = connect_store_waiting(list(cfg.etcd.endpoints), cfg.etcd.timeout_s, stop, waiting)
+    if store is None:
+        return  # stopped before etcd answered
+    if waited:
+        audit.emit(events.AGENT_STORE_RECOVERED, host=agent_cfg.host)
     try:
         Agent(agent_cfg, store, Keys(cfg.etcd.prefix), connect, SystemClock()).run(stop)
     finally:

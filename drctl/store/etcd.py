@@ -535,3 +535,22 @@ def connect_store(endpoints: list[str], timeout: float = 5, prefix: str = "") ->
         store.close()
         raise
     return store
+
+
+def connect_store_waiting(endpoints: list[str], timeout: float, stop: threading.Event,
+                          on_wait: Callable[[StoreUnavailable], None], retry_s: float = 2.0) -> EtcdStore | None:
+    """`connect_store` for a daemon: while etcd does not answer, call `on_wait` once and
+    try again every `retry_s` until it does; None if `stop` is set first. A daemon started
+    during an etcd outage (a site powering up, etcd still booting) waits it out like one
+    that was already running, instead of exiting for a supervisor to restart (issue 12,
+    case 15). A malformed endpoint is still a ConfigError at once."""
+    told = False
+    while True:
+        try:
+            return connect_store(endpoints, timeout=timeout)
+        except StoreUnavailable as e:
+            if not told:
+                on_wait(e)
+                told = True
+        if stop.wait(retry_s):
+            return None
