@@ -50,6 +50,10 @@ class Election:
         self._changed = threading.Event()
         self._watch: Watch | None = None
         self._deposed_reason = ""
+        # store revision of our latest candidate listing, and the create revision of the
+        # newest election key seen leading that was not ours
+        self.seen_rev = 0
+        self.other_leader_rev = 0
 
     # ------------------------------------------------------------------ campaign
     def campaign(self) -> None:
@@ -89,7 +93,7 @@ class Election:
         return self._deposed_reason
 
     def candidates(self) -> list[tuple[int, str, bytes]]:
-        kvs, _ = self.store.get_prefix(self.keys.leader_prefix())
+        kvs, self.seen_rev = self.store.get_prefix(self.keys.leader_prefix())
         return sorted((kv.create_revision, kv.key, kv.value) for kv in kvs)
 
     def current(self) -> Leadership | None:
@@ -99,6 +103,8 @@ class Election:
         cands = self.candidates()
         if cands and cands[0][1] == self._key and cands[0][0] == self._rev:
             return Leadership(self._key, self._rev)
+        if cands:
+            self.other_leader_rev = max(self.other_leader_rev, cands[0][0])
         return None
 
     def leader_name(self) -> str | None:

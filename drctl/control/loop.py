@@ -103,7 +103,9 @@ class ControllerLoop:
         self.state = LoopState(state_since={}, fencing=set())
         self.leadership: Leadership | None = None
         self._lost = threading.Event()
-        self._frozen = ""  # the freeze in force when this replica last decided or lost etcd
+        # after an etcd outage this replica waited out, until its next leadership: the
+        # store revision it had last seen before (0: no outage pending)
+        self._outage_rev = 0
 
     # ------------------------------------------------------------------ lifecycle
     def run(self, stop: threading.Event) -> None:
@@ -129,9 +131,9 @@ class ControllerLoop:
         next leadership of this replica starts frozen on "etcd is unhealthy", so the
         first tick that reads etcd again records that decisions resumed."""
         started = self.clock.monotonic()
+        self._outage_rev = max(self.election.seen_rev, 1)
         audit.warn(events.CONTROLLER_STORE_UNAVAILABLE, name=self.name, error=str(error))
         self.echo(f"{self.name}: etcd unavailable ({error}); deciding nothing until it answers")
-        self._frozen = ETCD_UNHEALTHY
         delay = self.tick_interval_s
         while not stop.wait(delay):
             try:
@@ -151,9 +153,13 @@ class ControllerLoop:
     def _lead(self, lead: Leadership, stop: threading.Event) -> None:
         self.leadership = lead
         self._lost.clear()
-        # a freeze this replica saw (as leader or while etcd was away) carries over, so
-        # that the tick which clears it says so (controller.resumed)
-        self.state = LoopState(state_since={}, fencing=set(), frozen=self._frozen)
+        # after an etcd outage this replica waited out, its first leadership starts frozen
+        # on it, so that the tick which reads etcd again says so (controller.resumed);
+        # unless another replica led since (a key created after the outage): it did
+        outage_seen = 0 < self._outage_rev and self.election.other_leader_rev <= self._outage_rev
+        carried = ETCD_UNHEALTHY if outage_seen else ""
+        self._outage_rev = 0
+        self.state = LoopState(state_since={}, fencing=set(), frozen=carried)
         audit.bind(term=lead.term)
         audit.emit(events.CONTROLLER_ELECTED, term=lead.term, reason=f"{self.name} holds the lowest election key")
         self.echo(f"{self.name}: elected leader (term {lead.term})")
@@ -166,7 +172,6 @@ class ControllerLoop:
                 if not self._still_leading():
                     break
                 self.tick_once(lead)
-                self._frozen = self.state.frozen
                 self.wake.wait(self.tick_interval_s)
                 self.wake.clear()
         finally:

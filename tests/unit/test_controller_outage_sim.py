@@ -94,6 +94,19 @@ def test_replicas_outlive_an_etcd_outage_freeze_and_resume(cluster: Cluster, sin
     resumed = [e for e in sink.lines if e["event"] == events.CONTROLLER_RESUMED]
     assert resumed and "etcd is unhealthy" in str(resumed[0]["reason"])
     assert seen.index(events.CONTROLLER_FROZE) < seen.index(events.CONTROLLER_RESUMED)
+
+    # the leader that resumed stops; the other replica, which also saw etcd go, leads next:
+    # the resume is on record already, it must not claim another
+    first = next(r for r in replicas if r.loop.leadership is not None)
+    other = next(r for r in replicas if r is not first)
+    wait_for(f"{other.loop.name} to campaign again and see {first.loop.name} lead",
+             lambda: other.loop.election.other_leader_rev >= first.loop.leadership.term)  # type: ignore[union-attr]
+    first.stop.set()
+    first.loop.wake.set()
+    first.thread.join(10)
+    wait_for(f"{other.loop.name} to lead and tick",
+             lambda: other.loop.leadership is not None and "all 3 hosts steady" in other.loop.state.last_sentence)
+    assert len([e for e in sink.lines if e["event"] == events.CONTROLLER_RESUMED]) == 1
     for r in replicas:
         r.stop.set()
         r.loop.wake.set()
