@@ -211,7 +211,8 @@ class ControllerLoop:
         intents = tuple(IntentView(i.id, i.incident, i.vm, i.src, i.dst, i.state, i.kind)
                         for i in records.intents if i.incident in incidents or not i.state.terminal)
         view = View(snapshot=snap, verdicts=verdicts, held_s=held,
-                    incidents=incidents, intents=intents, etcd_healthy=cluster.ok, age_s=cluster.age_s(self.clock.monotonic()),
+                    incidents=incidents, intents=intents, etcd_healthy=cluster.ok,
+                    age_s=cluster.age_s(self.clock.monotonic()),
                     frozen=self.state.frozen, recently_closed=recently_closed)
         return view, records, snap
 
@@ -337,18 +338,20 @@ class ControllerLoop:
 
         def run() -> None:
             try:
-                result = self._power_off(agent, d.host, resumed)
+                try:
+                    result = self._power_off(agent, d.host, resumed)
+                except Exception as e:  # noqa: BLE001 - a crashing agent is a failed fence, never a pass
+                    result = FenceResult(d.host, d.agent, False, f"{type(e).__name__}: {e}")
                 if result.confirmed_off:
                     audit.emit(events.FENCE_SUCCEEDED, incident=d.incident, host=d.host, agent=d.agent,
                                detail=result.detail, term=lead.term)
                     self._record_fence(d, lead, result.detail)
                 else:
                     self._needs_human(lead, d, self._incident(d.incident), result.detail)
-            except Exception as e:  # noqa: BLE001 - a crashing agent is a failed fence, never a pass
-                try:
-                    self._needs_human(lead, d, self._incident(d.incident), f"{type(e).__name__}: {e}")
-                except DrctlError:
-                    pass  # etcd away: the incident stays in fencing, and is resumed
+            except DrctlError as e:
+                # etcd away while recording: the incident stays in fencing, and the next
+                # unfrozen tick resumes it (status first), never a restart on an unwritten proof
+                audit.warn(events.CONTROLLER_DECISION_FAILED, decision="RequestFence", error=str(e))
             finally:
                 fencing.discard(d.host)
                 self.wake.set()
@@ -371,7 +374,7 @@ class ControllerLoop:
         kv = self.store.get(key)
         if kv is None:
             return
-        current = incident_from_json(kv.value)
+        current = parse_incident(kv.key, kv.value)
         if current.phase is not IncidentPhase.FENCING or current.fenced:
             return
         nxt = replace(current, fenced=True, phase=IncidentPhase.AWAITING_EVIDENCE,

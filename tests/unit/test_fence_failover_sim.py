@@ -136,3 +136,30 @@ def test_new_leader_resumes_a_fence_its_predecessor_started(fenced_meanwhile: bo
     assert new_lead.term in {e["term"] for e in sink.lines if e["event"] == events.FENCE_SUCCEEDED}
     recorded = [e for e in sink.lines if e["event"] == events.EVIDENCE_RECORDED and e["kind"] == events.EvidenceSource.FENCE]
     assert len(recorded) == 1
+
+
+def test_a_fence_result_etcd_could_not_take_is_resumed_not_handed_to_a_human() -> None:
+    c = Cluster()
+    sink = audit.configure("test", clock=c.clock.now, keep_in_memory=True)
+    agent = SlowAgent()
+    loop = ControllerLoop(c.store, c.keys, POLICY, "c1", fence_agents={"slow": agent}, clock=c.clock)
+    leadership = lead(loop)
+    loop.tick_once(leadership)
+    for _ in range(3):
+        c.clock.advance(1.0)
+        c.report(down=("h1",))
+    assert "requested fencing of h1" in loop.tick_once(leadership)
+    c.store.fail(True)  # etcd goes away while the agent works
+    agent.release.set()
+    fences_done()
+    c.store.fail(False)
+    assert the_incident(c).phase is IncidentPhase.FENCING  # not needs-human: the fence did not fail
+    calls_before = len(agent.calls)
+    loop.tick_once(leadership)  # resumes: the host is off already
+    fences_done()
+    loop.tick_once(leadership)
+    assert agent.calls[calls_before:] == ["status h1"]
+    inc = the_incident(c)
+    assert inc.fenced and inc.phase is IncidentPhase.ACTING
+    assert sorted(i.vm for i in list_intents(c.store, c.keys)) == ["web-1", "web-2"]
+    assert not [e for e in sink.lines if e["event"] == events.FENCE_FAILED]
