@@ -106,6 +106,13 @@ class Hypervisor(Protocol):
 
     def undefine(self, name: str) -> None: ...
 
+    def suspend(self, name: str) -> None:
+        """Pause a running domain (no error if already paused): the runner holds a migration's
+        source this way while a hung destination may still run its incoming copy."""
+
+    def resume(self, name: str) -> None:
+        """Let a paused domain run again (no error if it runs)."""
+
     def migrate(self, name: str, dest_uri: str, params: MigrationParams) -> None:
         """Live, peer-to-peer, persisted on the destination, undefined on the source.
 

@@ -237,6 +237,18 @@ class LibvirtHypervisor:
         flags = libvirt.VIR_DOMAIN_UNDEFINE_NVRAM | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
         self._call(f"undefine {name}", lambda: dom.undefineFlags(flags))
 
+    def suspend(self, name: str) -> None:
+        dom = self._dom(name)
+        state = self._call(f"state {name}", dom.state)[0]
+        if state != libvirt.VIR_DOMAIN_PAUSED:
+            self._call(f"suspend {name}", dom.suspend)
+
+    def resume(self, name: str) -> None:
+        dom = self._dom(name)
+        state = self._call(f"state {name}", dom.state)[0]
+        if state == libvirt.VIR_DOMAIN_PAUSED:
+            self._call(f"resume {name}", dom.resume)
+
     # -- migration
     def migrate(self, name: str, dest_uri: str, params: MigrationParams) -> None:
         dom = self._dom(name)

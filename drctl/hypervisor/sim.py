@@ -35,6 +35,8 @@ class SimDomain:
     uuid: str
     state: DomainState = DomainState.SHUTOFF
     last_job: JobStats | None = None
+    migrating: bool = False  # the source side of a migration job in progress
+    incoming: bool = False  # the destination side of a hand-over that has not finished
 
 
 @dataclass
@@ -63,6 +65,8 @@ class SimCluster:
         self.bandwidth_mibs = bandwidth_mibs
         self.hosts: dict[str, SimHost] = {}
         self.fail_next_migrations: dict[str, type[Exception]] = {}  # vm -> error to raise once
+        self.stalls: dict[str, float] = {}  # destination host -> seconds until the source gives up
+        self.duplicates_seen: list[tuple[str, tuple[str, ...]]] = []  # every moment a VM ran twice
         self.lock = threading.RLock()
 
     def add_host(self, name: str, **kw: Any) -> SimHost:  # kw: SimHost's fields
@@ -76,6 +80,32 @@ class SimCluster:
 
     def connect(self, uri: str) -> "SimHypervisor":
         return SimHypervisor(self, uri)
+
+    def stall_handover(self, host: str, source_gives_up_s: float = 30.0) -> None:
+        """The next migration to `host` stalls at the hand-over, as a destination libvirtd
+        SIGSTOPped mid-migration does: the memory is copied, the source paused, the incoming
+        copy defined (paused) on `host`, and `host` stops answering. The migrate call blocks
+        (abort is ignored) until `source_gives_up_s` later, when the source's libvirt gives up
+        (keepalive), resumes the source and fails the call. See `resume_host`."""
+        self.stalls[host] = source_gives_up_s
+
+    def resume_host(self, host: str) -> None:
+        """The stalled libvirtd answers again (SIGCONT). Like libvirt on the lab, it then
+        runs the incoming copy of the abandoned hand-over, whatever the source did."""
+        with self.lock:
+            h = self.hosts[host]
+            h.hung = False
+            for d in h.domains.values():
+                if d.incoming:
+                    d.incoming = False
+                    d.state = DomainState.RUNNING
+                    self.note_running(d.name)
+
+    def note_running(self, vm: str) -> None:
+        """Record a moment at which `vm` runs on more than one host (the invariant's breach)."""
+        hosts = self.where(vm)
+        if len(hosts) > 1:
+            self.duplicates_seen.append((vm, tuple(hosts)))
 
     def where(self, vm: str) -> list[str]:
         """Hosts on which `vm` runs (the invariant: exactly one)."""
@@ -172,6 +202,20 @@ class SimHypervisor:
             if h.used_mib() + d.memory_mib > h.memory_mib:
                 raise InsufficientResources(f"{self.uri}: start {name}: cannot set up guest memory")
             d.state = DomainState.RUNNING
+            self.cluster.note_running(name)
+
+    def suspend(self, name: str) -> None:
+        with self.cluster.lock:
+            d = self._dom(name)
+            if d.state is DomainState.RUNNING:
+                d.state = DomainState.PAUSED
+
+    def resume(self, name: str) -> None:
+        with self.cluster.lock:
+            d = self._dom(name)
+            if d.state is DomainState.PAUSED:
+                d.state = DomainState.RUNNING
+                self.cluster.note_running(name)
 
     def destroy(self, name: str) -> None:
         self._dom(name).state = DomainState.SHUTOFF
@@ -196,9 +240,12 @@ class SimHypervisor:
             err = self.cluster.fail_next_migrations.pop(name, None)
             if err is not None:
                 raise err(f"{what}: injected failure (simulated)")
+            gives_up = self.cluster.stalls.pop(dest_name, None)
         bw = params.bandwidth_mibs or self.cluster.bandwidth_mibs
         seconds = d.memory_mib / bw
         self.cluster.clock.sleep(seconds)
+        if gives_up is not None:
+            self._stall(d, dest, gives_up, what)
         with self.cluster.lock:
             if self._host().domains.get(name) is not d:
                 raise MigrationAborted(f"{what}: domain changed during migration")
@@ -208,10 +255,31 @@ class SimHypervisor:
                              memory_total=d.memory_mib << 20, memory_processed=d.memory_mib << 20,
                              memory_iteration=2)
             dest.domains[name] = replace(d, state=DomainState.RUNNING, last_job=stats)
+            self.cluster.note_running(name)
+
+    def _stall(self, d: SimDomain, dest: SimHost, gives_up_s: float, what: str) -> None:
+        with self.cluster.lock:
+            d.state, d.migrating = DomainState.PAUSED, True
+            dest.domains[d.name] = replace(d, state=DomainState.PAUSED, migrating=False, incoming=True)
+            dest.hung = True
+        # the blocked call spends simulated time (slowly in real time, so the runner's
+        # watchdog, polling in real time, sees it pass) until the source gives up
+        until = self.cluster.clock.monotonic() + gives_up_s
+        pace = threading.Event()
+        while self.cluster.clock.monotonic() < until:
+            self.cluster.clock.sleep(0.25)
+            pace.wait(0.002)
+        with self.cluster.lock:
+            d.migrating = False
+            if d.state is DomainState.PAUSED:
+                d.state = DomainState.RUNNING  # libvirt resumes a source whose migration failed
+                self.cluster.note_running(d.name)
+        raise MigrationFailed(f"{what}: connection to the destination timed out (simulated keepalive)")
 
     def job_stats(self, name: str) -> JobStats:
-        self._dom(name)
-        return JobStats(active=False)  # simulated migrations complete at once
+        d = self._dom(name)
+        # simulated migrations complete at once, except a stalled one: active, no progress
+        return JobStats(active=True, data_processed=d.memory_mib << 20) if d.migrating else JobStats(active=False)
 
     def completed_job_stats(self, name: str) -> JobStats:
         return self._dom(name).last_job or JobStats(active=False)

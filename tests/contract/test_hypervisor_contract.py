@@ -95,6 +95,19 @@ def test_define_start_list_destroy_undefine(pair: Pair) -> None:
         pair.src.domain("c-life")
 
 
+def test_suspend_and_resume_are_idempotent(pair: Pair) -> None:
+    pair.src.define(pair.xml("c-pause"))
+    pair.src.start("c-pause")
+    pair.src.suspend("c-pause")
+    pair.src.suspend("c-pause")  # already paused: not an error
+    assert pair.src.domain("c-pause").state is DomainState.PAUSED
+    pair.src.resume("c-pause")
+    pair.src.resume("c-pause")  # already running: not an error
+    assert pair.src.domain("c-pause").state is DomainState.RUNNING
+    pair.src.destroy("c-pause")
+    pair.src.undefine("c-pause")
+
+
 def test_capacity_counts_all_memory(pair: Pair) -> None:
     cap = pair.src.capacity()
     assert cap.memory_total_mib > 0 and 0 < cap.memory_free_mib <= cap.memory_total_mib
