@@ -128,6 +128,15 @@ STORAGE_PREPARED = _ev("storage.prepared", "Local disks were prepared on the des
                        "intent vm host detail", "incident")
 INTENT_OUTCOME_UNKNOWN = _ev("intent.outcome_unknown", "Where the VM runs cannot be told: the intent is parked.",
                              "intent vm detail", "incident")
+MIGRATION_SOURCE_HELD = _ev("migration.source_held",
+                            "After a migration the runner gave up on, the source is kept paused while the destination "
+                            "does not answer (its incoming copy could still run).", "intent vm src dst", "incident detail")
+MIGRATION_INCOMING_REMOVED = _ev("migration.incoming_removed",
+                                 "A given-up migration's incoming copy on the destination was destroyed and undefined "
+                                 "(the source still holds the VM).", "intent vm host state", "incident")
+MIGRATION_SOURCE_RELEASED = _ev("migration.source_released",
+                                "The held source runs again: the destination's copy is confirmed gone (or fenced).",
+                                "intent vm src reason", "incident")
 RUNNER_GAVE_UP = _ev("runner.gave_up", "The runner let go of an intent another writer changed under it.",
                      "intent reason", "incident vm")
 RUNNER_PAUSED = _ev("runner.paused", "The replica's runner stopped taking intents (store trouble).", "error")
@@ -154,6 +163,9 @@ VM_VERIFIED = _ev("vm.verified", "Where a VM runs was checked after a move (exac
 
 VM_DUPLICATE_DETECTED = _ev("vm.duplicate_detected", "Inventories list a VM running on two hosts (never fixed by guessing).",
                             "vm hosts", "placement")
+VM_DUPLICATE_STOPPED = _ev("vm.duplicate_stopped",
+                           "A VM ran on two hosts: the copy that is not authoritative was stopped at once.",
+                           "vm host kept reason", "incident intent")
 VM_STALE_COPY_REMOVED = _ev("vm.stale_copy_removed", "A shut-off copy left on a returning host was undefined.",
                             "vm host reason")
 

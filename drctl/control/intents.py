@@ -88,6 +88,10 @@ class Intent:
     # restart intents keep the VM's definition once read: the agent record it came from can
     # vanish (a half-started copy undefined on a destination takes its agent's record along)
     definition: str = ""
+    # a migration the runner gave up on left the source paused on purpose (docs/runner.md,
+    # "A given-up migration"): whoever resumes the intent goes on holding it, and must not
+    # mistake it for a source paused by a post-copy switch
+    source_held: bool = False
     created: float = 0.0
     updated: float = 0.0
     revision: int = field(default=0, compare=False)  # etcd mod revision it was read at; not stored
@@ -125,7 +129,8 @@ def parse_intent(key: str, raw: bytes, revision: int = 0) -> Intent:
         src=r.text("src", ""), dst=r.text("dst", ""), state=r.enum("state", IntentState),
         candidates=r.texts("candidates"), tried=r.texts("tried"), attempt=r.integer("attempt", 0), term=r.integer("term", 0),
         reason=r.text("reason", ""), memory_mib=r.integer("memory_mib", 0), params=params, history=history,
-        definition=r.text("definition", ""), created=r.number("created", 0.0), updated=r.number("updated", 0.0),
+        definition=r.text("definition", ""), source_held=r.flag("source_held", False),
+        created=r.number("created", 0.0), updated=r.number("updated", 0.0),
         revision=revision,
     )
 
@@ -224,27 +229,52 @@ def transition(store: Store, keys: Keys, intent: Intent, to: IntentState, reason
 # ------------------------------------------------------------------ claims
 
 
+def annotate(store: Store, keys: Keys, intent: Intent, guards: Sequence[Compare], **changes: Any) -> Intent:
+    """Change fields of an intent without a state change (compare-and-swapped like
+    `transition`, not audited: the caller audits what it did)."""
+    new = replace(intent, **changes)
+    key = keys.intent(intent.id)
+    if not store.txn([Compare.mod_at(key, intent.revision), *guards], [Put(key, new.to_json())]):
+        raise IntentConflict(f"intent {intent.id}: changed by someone else or guard failed (not annotated)")
+    kv = store.get(key)
+    return replace(new, revision=kv.mod_revision if kv else 0)
+
+
+def claim_token(runner_id: str, lease_id: int) -> bytes:
+    """What a claim key holds: the runner's name and the lease the claim is bound to. Two
+    replicas that share a name hold different leases, so neither can write under the
+    other's claim, and a runner whose lease lapsed cannot write under its own new one."""
+    return f"{runner_id}@{lease_id:x}".encode()
+
+
 def claim(store: Store, keys: Keys, intent_id: str, runner_id: str, lease_id: int) -> bool:
     """Take an intent for this runner, bound to its lease; False if someone holds it."""
-    return store.create(keys.intent_claim(intent_id), runner_id.encode(), lease=lease_id)
+    return store.create(keys.intent_claim(intent_id), claim_token(runner_id, lease_id), lease=lease_id)
 
 
-def claim_guard(keys: Keys, intent_id: str, runner_id: str) -> Compare:
-    """Guard for writes a claim holder makes: fails once the claim lapsed or moved."""
-    return Compare.equals(keys.intent_claim(intent_id), runner_id.encode())
+def claim_guard(keys: Keys, intent_id: str, runner_id: str, lease_id: int) -> Compare:
+    """Guard for writes a claim holder makes: fails once the claim lapsed or moved (to
+    another runner, or to another lease of a runner with the same name)."""
+    return Compare.equals(keys.intent_claim(intent_id), claim_token(runner_id, lease_id))
 
 
-def release(store: Store, keys: Keys, intent_id: str, runner_id: str) -> bool:
+def holds_claim(store: Store, keys: Keys, intent_id: str, runner_id: str, lease_id: int) -> bool:
+    """Does this runner, under this lease, still hold the claim (read now)?"""
+    kv = store.get(keys.intent_claim(intent_id))
+    return kv is not None and kv.value == claim_token(runner_id, lease_id) and kv.lease == lease_id
+
+
+def release(store: Store, keys: Keys, intent_id: str, runner_id: str, lease_id: int) -> bool:
     """Give a claim back (only our own)."""
 
     key = keys.intent_claim(intent_id)
-    return store.txn([Compare.equals(key, runner_id.encode())], [Delete(key)])
+    return store.txn([Compare.equals(key, claim_token(runner_id, lease_id))], [Delete(key)])
 
 
 def claimed(store: Store, keys: Keys) -> dict[str, str]:
     """intent id -> runner id of every live claim."""
     kvs, _ = store.get_prefix(keys.intent_claims_prefix())
-    return {Keys.last_segment(kv.key): kv.value.decode() for kv in kvs}
+    return {Keys.last_segment(kv.key): kv.value.decode().rpartition("@")[0] or kv.value.decode() for kv in kvs}
 
 
 # ------------------------------------------------------------------ placement records and definitions

@@ -40,9 +40,10 @@ from drctl.runner.migration import CopyMode, MigrationJob, Outcome, ProgressCall
 from drctl.model.cluster import EscalationStep, Host, IntentKind, IntentState, Limits
 from drctl.runner.prechecks import CheckPolicy, CheckResult, DomainNeeds, domain_needs, check_destination, failed, gather, summary, tcp_reachable
 from drctl.runner.storage_prep import DirPoolPreparer, StoragePreparer
-from drctl.store import EventKind, Store
+from drctl.store import Compare, EventKind, Store
 from drctl.store.keys import Keys
-from drctl.runner.verification import (DomainRunning, GuestHealth, Resolution, Where, close_quietly, locate, resolve)
+from drctl.runner.verification import (DomainRunning, GuestHealth, Resolution, Where, close_quietly, locate, probe,
+                                       resolve)
 
 S = IntentState
 
@@ -81,6 +82,10 @@ class RunnerConfig:
     source_idle_timeout_s: float = 60.0  # wait for an earlier (hung) job on the source to end
     min_deadline_s: float = 30.0
     rescan_s: float = 2.0  # run_forever: full rescan period besides watch wake-ups
+    # a given-up migration: how long to hold the source paused for a destination that does
+    # not answer before parking the intent (still held; the next pass goes on holding)
+    contain_timeout_s: float = 300.0
+    contain_poll_s: float = 0.5
 
 
 class Runner:
@@ -94,7 +99,8 @@ class Runner:
                  choose_next: Callable[[Intent], str | None] | None = None,
                  definitions: intents.DefinitionLookup | None = None,
                  reachable: Callable[[str, float], CheckResult] = tcp_reachable,
-                 progress: ProgressCallback | None = None) -> None:
+                 progress: ProgressCallback | None = None,
+                 fenced: Callable[[str], bool] | None = None) -> None:
         # not copied: the controller passes its shared view's live mapping (hosts join as
         # their agents publish); tests pass a plain dict
         self.store, self.keys, self.uris, self._connect = store, keys, uris, connect
@@ -105,6 +111,8 @@ class Runner:
         self.choose_next = choose_next
         self.definitions = definitions or intents.store_definitions(store, keys)
         self.reachable, self.progress = reachable, progress
+        # is this host fenced (powered off with proof)? Then a copy it held cannot run
+        self.fenced = fenced or (lambda _h: False)
         self._lease = None
         self._lease_lost = threading.Event()
         self._lock = threading.Lock()
@@ -115,6 +123,7 @@ class Runner:
         self._pool = ThreadPoolExecutor(max_workers=max(64, config.limits.max_concurrent),
                                         thread_name_prefix=f"runner:{config.runner_id}")
         self._marks: dict[str, object] = {}
+        self._claims: dict[str, int] = {}  # intent id -> the lease its claim is bound to
 
     # ================================================================ lifecycle and scheduling
     def start(self) -> None:
@@ -217,8 +226,10 @@ class Runner:
         if it is None or it.state.terminal:
             return it
         assert self._lease is not None
-        if not intents.claim(self.store, self.keys, it.id, self.cfg.runner_id, self._lease.id):
+        lease_id = self._lease.id
+        if not intents.claim(self.store, self.keys, it.id, self.cfg.runner_id, lease_id):
             return None
+        self._claims[it.id] = lease_id
         audit.bind(incident=it.incident, intent=it.id, vm=it.vm)
         try:
             if it.state is not S.PENDING:
@@ -233,9 +244,10 @@ class Runner:
             return intents.get_intent(self.store, self.keys, intent_id)
         finally:
             self._marks.pop(intent_id, None)
+            self._claims.pop(intent_id, None)
             if not self._lease_lost.is_set():
                 try:
-                    intents.release(self.store, self.keys, intent_id, self.cfg.runner_id)
+                    intents.release(self.store, self.keys, intent_id, self.cfg.runner_id, lease_id)
                 except DrctlError:
                     pass  # lapses with the lease
             audit.unbind("incident", "intent", "vm")
@@ -257,8 +269,20 @@ class Runner:
     def _to(self, it: Intent, to: IntentState, reason: str, **changes: object) -> Intent:
         """The runner's one door to a state change: under our claim."""
         return intents.transition(self.store, self.keys, it, to, reason, self.clock.now(),
-                                  guards=[intents.claim_guard(self.keys, it.id, self.cfg.runner_id)],
-                                  by=self.cfg.runner_id, **changes)
+                                  guards=[self._guard(it)], by=self.cfg.runner_id, **changes)
+
+    def _guard(self, it: Intent) -> Compare:
+        return intents.claim_guard(self.keys, it.id, self.cfg.runner_id, self._claims.get(it.id, 0))
+
+    def _check_claim(self, it: Intent) -> None:
+        """Right before an act that cannot be taken back (migrate, define, start, destroy):
+        is our claim, under the lease we took it with, still there? A runner paused past its
+        lease, or a second replica with our name, must not act on an intent it lost."""
+        lease_id = self._claims.get(it.id, 0)
+        if self._lease_lost.is_set() or not intents.holds_claim(self.store, self.keys, it.id,
+                                                                 self.cfg.runner_id, lease_id):
+            raise intents.IntentConflict(f"intent {it.id}: claim of {self.cfg.runner_id} (lease {lease_id:x}) "
+                                         f"lost before acting")
 
     # ---------------------------------------------------------------- checking: try this destination
     def _on_checking(self, it: Intent) -> Intent:
@@ -298,7 +322,9 @@ class Runner:
         finally:
             close_quietly(dst)
         self._wait_source_idle(it)
-        self._marks.setdefault(it.id, self.health.mark(it.vm))
+        # marked before every attempt, not once per intent: after a given-up attempt the
+        # source ran on and printed newer ticks, which must not count as the arrival's
+        self._marks[it.id] = self.health.mark(it.vm)
         it = self._to(it, S.MIGRATING, "pre-checks passed", attempt=it.attempt + 1,
                       memory_mib=it.memory_mib or needs.memory_mib)
         box[0] = it
@@ -372,6 +398,7 @@ class Runner:
                    dst=it.dst, attempt=it.attempt, bandwidth_mibs=params.bandwidth_mibs,
                    max_downtime_ms=params.max_downtime_ms,
                    flags="postcopy-allowed" if params.postcopy else "precopy")
+        self._check_claim(it)
         src, monitor = self._hv(it.src), self._hv(it.src)
         try:
             job = MigrationJob(
@@ -393,6 +420,8 @@ class Runner:
                        dst=it.dst, attempt=it.attempt, error=out.reason,
                        code=getattr(out.error, "libvirt_code", None),
                        transient=isinstance(out.error, TransientError))
+        if out.result in (Result.HUNG, Result.UNKNOWN) and not out.postcopy:
+            box[0] = it = self._contain(it)
         res, detail = self._where_now(it)
         if res is Resolution.DESTINATION:  # the error lied: it arrived
             return self._to(it, S.VERIFYING, f"{out.reason}; but it runs on {it.dst} ({detail})")
@@ -445,23 +474,159 @@ class Runner:
             raise _Park() from e
         raise AssertionError("unreachable")
 
+    # ---------------------------------------------------------------- containment
+    def _contain(self, it: Intent) -> Intent:
+        """After a migration the runner gave up on (watchdog), end with exactly one copy.
+
+        A destination libvirtd that hangs at the hand-over still holds an incoming copy, and
+        when it answers again libvirt may run that copy even though the source gave up and
+        runs the VM too (docs/runner.md, "A given-up migration"). So: while the destination
+        does not answer (and is not fenced), the source is kept paused; once it answers and
+        the source still holds the VM with no job running (the hand-over failed from the
+        source's view), the destination's copy is destroyed and undefined; only then does the
+        source run again. A source that does not answer, or that no longer holds the VM (the
+        hand-over completed), leaves the destination's copy alone. Past `contain_timeout_s`
+        the intent is parked, the source still held: the next pass resumes the holding."""
+        deadline = self.clock.monotonic() + self.cfg.contain_timeout_s
+        held = it.source_held
+        while True:
+            src_w, dst_w = probe(self._hv, it.src, it.vm), probe(self._hv, it.dst, it.vm)
+            has = (Where.RUNNING, Where.PAUSED, Where.STOPPED)
+            if src_w not in has:
+                return it  # gone from the source (arrived, or lost) or no answer: resolution decides
+            dst_gone = dst_w is Where.ABSENT or (dst_w is Where.UNKNOWN and self.fenced(it.dst))
+            busy = self._source_busy(it)
+            if dst_w is Where.UNKNOWN and not dst_gone:
+                if src_w is Where.RUNNING and self._control_source(it, "suspend"):
+                    src_w = Where.PAUSED
+                if src_w is Where.PAUSED and not held:
+                    held = True
+                    it = intents.annotate(self.store, self.keys, it, [self._guard(it)], source_held=True)
+                    audit.warn(events.MIGRATION_SOURCE_HELD, intent=it.id, incident=it.incident, vm=it.vm,
+                               src=it.src, dst=it.dst,
+                               detail=f"{it.dst} does not answer: its incoming copy could still run")
+            elif dst_w in has and not busy:
+                if self._remove_incoming(it, dst_w):
+                    continue
+            elif dst_gone and not busy:
+                if src_w is Where.PAUSED:
+                    if not self._control_source(it, "resume"):
+                        raise OutcomeUnknown(f"{it.vm}: cannot resume the held source {it.src}")
+                    audit.emit(events.MIGRATION_SOURCE_RELEASED, intent=it.id, incident=it.incident, vm=it.vm,
+                               src=it.src, reason=f"{it.dst}: {'fenced' if dst_w is Where.UNKNOWN else 'no copy left'}")
+                if it.source_held:
+                    it = intents.annotate(self.store, self.keys, it, [self._guard(it)], source_held=False)
+                return it
+            if self.clock.monotonic() > deadline:
+                audit.warn(events.INTENT_OUTCOME_UNKNOWN, intent=it.id, vm=it.vm,
+                           detail=f"source {it.src} held ({src_w.value}), destination {it.dst} {dst_w.value}")
+                raise _Park()
+            self.clock.sleep(self.cfg.contain_poll_s)
+
+    def _source_busy(self, it: Intent) -> bool:
+        """Is libvirt on the source still in the migration job (it may yet complete it)?"""
+        try:
+            src = self._hv(it.src)
+        except DrctlError:
+            return True
+        try:
+            return src.job_stats(it.vm).active
+        except NoSuchDomain:
+            return False
+        except DrctlError:
+            return True
+        finally:
+            close_quietly(src)
+
+    def _control_source(self, it: Intent, action: str) -> bool:
+        try:
+            src = self._hv(it.src)
+        except DrctlError:
+            return False
+        try:
+            getattr(src, action)(it.vm)
+            return True
+        except DrctlError as e:
+            audit.warn(events.MIGRATION_SOURCE_HELD, intent=it.id, incident=it.incident, vm=it.vm, src=it.src,
+                       dst=it.dst, detail=f"{action} failed: {e}")
+            return False
+        finally:
+            close_quietly(src)
+
+    def _remove_incoming(self, it: Intent, state: Where) -> bool:
+        try:
+            dst = self._hv(it.dst)
+        except DrctlError:
+            return False
+        try:
+            self._check_claim(it)  # raises IntentConflict, past the handlers below
+            dst.destroy(it.vm)
+            dst.undefine(it.vm)
+            audit.warn(events.MIGRATION_INCOMING_REMOVED, intent=it.id, incident=it.incident, vm=it.vm,
+                       host=it.dst, state=state.value)
+            return True
+        except NoSuchDomain:
+            return True
+        except intents.IntentConflict:
+            raise
+        except DrctlError as e:
+            audit.warn(events.MIGRATION_SOURCE_HELD, intent=it.id, incident=it.incident, vm=it.vm, src=it.src,
+                       dst=it.dst, detail=f"removing the incoming copy failed: {e}")
+            return False
+        finally:
+            close_quietly(dst)
+
     # ---------------------------------------------------------------- resumed in migrating
     def _on_migrating_resumed(self, it: Intent) -> Intent:
         """A migration we did not start (crashed runner, parked intent): look first.
 
         The source libvirtd drives a peer-to-peer migration, so it can still be running
         after the runner that started it died: while it runs the VM looks "on the source"
-        and would be moved again. Let it end (arrive or fail) before looking."""
+        and would be moved again. Let it end (arrive or fail) before looking.
+
+        A restart has no source to ask (its host was fenced and never answers): it is
+        resolved by looking on every host instead (`_on_restart_resumed`)."""
+        if it.kind is IntentKind.RESTART:
+            return self._on_restart_resumed(it)
         try:
             self._wait_source_idle(it)
         except (TransientError, PrecheckFailed):
             pass  # cannot ask the source (down, or hung past the wait): where it runs decides
+        if it.source_held or EscalationStep.POST_COPY not in it.params.escalation:
+            # a given-up attempt may have left the source held and an incoming copy behind
+            # (a source paused by a post-copy switch is not ours to resume: the destination
+            # holds the newer state)
+            it = self._contain(it)
         res, detail = self._where_now(it)
         if res is Resolution.DESTINATION:
             return self._to(it, S.VERIFYING, f"resumed: runs on {it.dst} ({detail})")
         if res is Resolution.SOURCE:
             return self._to(it, S.CHECKING, f"resumed: still on {it.src} ({detail})")
         return self._to(it, S.FAILED, f"resumed: VM {res.value} ({detail}): a human must look")
+
+    def _on_restart_resumed(self, it: Intent) -> Intent:
+        """A restart left in `migrating` by a runner that died between the decision and the
+        start (or during it). Look on every host: running (or paused) exactly once on the
+        destination, it started: verify; running nowhere and every live host answered:
+        back to checking, where `_restart` starts it once; anywhere else: not ours."""
+        where = locate(self._hv, self._involved(it), it.vm)
+        detail = ", ".join(f"{h}={w.value}" for h, w in sorted(where.items()))
+        copies = sorted(h for h, w in where.items() if w in (Where.RUNNING, Where.PAUSED) and h != it.src)
+        if it.src in copies or where.get(it.src) in (Where.RUNNING, Where.PAUSED):
+            return self._to(it, S.FAILED, f"resumed restart: {it.vm} runs on its source {it.src} ({detail})")
+        if copies == [it.dst]:
+            if where[it.dst] is Where.PAUSED:
+                audit.warn(events.INTENT_OUTCOME_UNKNOWN, intent=it.id, vm=it.vm,
+                           detail=f"resumed restart: {it.vm} paused on {it.dst} ({detail})")
+                raise _Park()
+            return self._to(it, S.VERIFYING, f"resumed restart: runs on {it.dst} ({detail})")
+        if copies:
+            return self._to(it, S.FAILED, f"resumed restart: {it.vm} runs on {', '.join(copies)} ({detail})")
+        if any(w is Where.UNKNOWN for h, w in where.items() if h != it.src):
+            audit.warn(events.INTENT_OUTCOME_UNKNOWN, intent=it.id, vm=it.vm, detail=detail)
+            raise _Park()
+        # not started (or a stopped leftover of the start): `_restart` defines and starts it once
+        return self._to(it, S.CHECKING, f"resumed restart: runs nowhere ({detail}); starting it")
 
     # ---------------------------------------------------------------- verifying
     def _on_verifying(self, it: Intent) -> Intent:
@@ -486,7 +651,7 @@ class Runner:
         why = health.detail if health is not None else why
         (audit.emit if ok else audit.warn)(events.VM_VERIFIED, intent=it.id, vm=it.vm, host=it.dst, ok=ok,
                                            detail=f"{detail}; {why}")
-        guard = [intents.claim_guard(self.keys, it.id, self.cfg.runner_id)]
+        guard = [self._guard(it)]
         # the record says where the VM is, healthy or not: anything else would hide it
         intents.set_placement(self.store, self.keys, it, it.dst, self.clock.now(), guard, healthy=ok)
         if ok:
@@ -534,8 +699,12 @@ class Runner:
         t0 = self.clock.monotonic()
         hv = self._hv(it.dst)
         try:
+            self._check_claim(it)
             hv.define(xml)
+            self._check_claim(it)
             hv.start(it.vm)
+        except intents.IntentConflict:
+            raise  # not ours any more: whoever holds the intent now decides about this copy
         except DrctlError as e:
             _undefine_quietly(hv, it.vm)  # a stopped leftover must not be started by someone later
             box[0] = self._to(it, S.CHECKING, f"start on {it.dst} failed: {e}")

@@ -175,7 +175,7 @@ def test_a_runner_that_lost_its_claim_cannot_write(world: World) -> None:
     world.clock.advance(3)
     with pytest.raises(intents.IntentConflict):
         intents.transition(world.store, world.keys, it, IntentState.CHECKING, "x", world.clock.now(),
-                           guards=[intents.claim_guard(world.keys, it.id, "r1")])
+                           guards=[intents.claim_guard(world.keys, it.id, "r1", lease.id)])
 
 
 def test_resumed_intent_in_migrating_looks_before_acting(world: World) -> None:
