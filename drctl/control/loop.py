@@ -41,7 +41,9 @@ from drctl.control.tick import (
     tick,
 )
 from drctl.control.election import Election, Leadership
-from drctl.model.errors import DrctlError, StoreError, StoreUnavailable
+from drctl.model.errors import DrctlError, HostUnreachable, StoreError, StoreUnavailable
+from drctl.control.copies import IntentFacts, authoritative_copy
+from drctl.hypervisor import Hypervisor
 from drctl.fencing.agents import FenceAgent, FenceResult, PowerState
 from drctl.health.grading import HostVerdict
 from drctl.control.intents import IntentParams, create_intents, new_intent
@@ -85,7 +87,8 @@ class ControllerLoop:
                  fence_agents: Mapping[str, FenceAgent] | None = None, clock: Clock | None = None,
                  lease_ttl: int = 2, tick_interval_s: float = 0.5, settings: Settings = Settings(),
                  quorum: int | None = None, echo: Callable[[str], None] | None = None,
-                 on_leading: Callable[[Leadership], None] | None = None, shared: SharedView | None = None) -> None:
+                 on_leading: Callable[[Leadership], None] | None = None, shared: SharedView | None = None,
+                 connect: Callable[[str], Hypervisor] | None = None) -> None:
         self.store = store
         self.keys = keys
         self.policy = policy
@@ -98,6 +101,7 @@ class ControllerLoop:
         self.shared = shared or SharedView(store, keys, configured_quorum(quorum, policy), clock=self.clock)
         self.echo = echo or (lambda _s: None)
         self.on_leading = on_leading
+        self.connect = connect or _libvirt_connect
         self.election = Election(store, keys, name, ttl=lease_ttl, clock=self.clock, on_deposed=self._deposed)
         self.wake = threading.Event()
         self.state = LoopState(state_since={}, fencing=set())
@@ -432,8 +436,9 @@ class ControllerLoop:
     def _remove_stale_copies(self, records: ClusterRecords, lead: Leadership, view: View) -> None:
         """A host that comes back after being fenced still has its old VMs defined: they
         must never run there again. A shut-off copy on a host other than the one the VM's
-        placement record names, with no move of that VM in flight, is undefined. A VM
-        running on two hosts is never "fixed" by guessing: it is reported loudly."""
+        placement record names, with no move of that VM in flight, is undefined once the VM
+        is verified running on that host. A VM running on two hosts is contained at once
+        (`_contain_duplicate`); only when no copy can be told authoritative is it just reported."""
         placed = {vm: p.host for vm, p in records.placements.items() if p.host}
         if not placed:
             return
@@ -450,25 +455,64 @@ class ControllerLoop:
                 vm = entry.name
                 if entry.state == "running" and inv.ts > last_move.get(vm, 0.0):
                     running.setdefault(vm, []).append(host)
+        acting = not self.policy.dry_run and view.etcd_healthy
         for vm, hosts in running.items():
-            if len(hosts) > 1 and (vm, tuple(hosts)) not in self.state.duplicates:
-                self.state.duplicates.add((vm, tuple(hosts)))
-                audit.warn(events.VM_DUPLICATE_DETECTED, vm=vm, hosts=hosts, placement=placed.get(vm))
+            if len(hosts) > 1:
+                self._contain_duplicate(vm, hosts, records, fresh, lead if acting else None)
+        # a copy is removed only where the VM is verified to run elsewhere: its placed host's
+        # fresh inventory lists it running, and nowhere else (the record alone can be wrong,
+        # and the shut-off copy the only one left); never while frozen or in a dry run
+        if not acting or self.state.frozen:
+            return
         for host, inv in sorted(fresh.items()):
             for entry in inv.vms:
                 vm = entry.name
                 if (vm in placed and placed[vm] != host and vm not in moving
-                        and entry.state == "shutoff"):
+                        and entry.state == "shutoff" and running.get(vm) == [placed[vm]]):
                     self._undefine_stale(host, inv, vm, running.get(vm, []))
 
-    def _undefine_stale(self, host: str, inv: InventoryRecord, vm: str, running: list[str]) -> None:
-        from drctl.hypervisor.libvirt_adapter import connect
+    def _contain_duplicate(self, vm: str, hosts: list[str], records: ClusterRecords,
+                           fresh: Mapping[str, InventoryRecord], lead: Leadership | None) -> None:
+        """A VM running on two hosts: stop every copy but the authoritative one, at once
+        (drctl/control/copies.py says which); report it when that cannot be told."""
+        facts = [IntentFacts(i.id, i.incident, i.vm, i.dst, i.state, i.updated) for i in records.intents]
+        auth = authoritative_copy(vm, hosts, facts, records.placements)
+        if (vm, tuple(hosts)) not in self.state.duplicates:
+            self.state.duplicates.add((vm, tuple(hosts)))
+            placed = records.placements.get(vm)
+            audit.warn(events.VM_DUPLICATE_DETECTED, vm=vm, hosts=hosts, placement=placed.host if placed else None)
+        if not auth.keep or lead is None:
+            return  # cannot tell which copy counts, or not acting (dry run, etcd unhealthy)
+        for host in hosts:
+            if host == auth.keep:
+                continue
+            uri = fresh[host].uri if host in fresh else ""
+            try:
+                hv = self.connect(uri)
+            except DrctlError:
+                continue  # not answering now: the next tick tries again
+            try:
+                if not self.store.txn(lead.guard(), []):
+                    return  # no longer leading: not ours to act on
+                hv.destroy(vm)
+                audit.warn(events.VM_DUPLICATE_STOPPED, vm=vm, host=host, kept=auth.keep, reason=auth.why,
+                           incident=auth.incident or None, intent=auth.intent or None)
+                self.echo(f"{self.name}: {vm} ran on {', '.join(hosts)}: stopped the copy on {host} "
+                          f"({auth.why})")
+            except DrctlError:
+                pass
+            finally:
+                try:
+                    hv.close()
+                except DrctlError:
+                    pass
 
+    def _undefine_stale(self, host: str, inv: InventoryRecord, vm: str, running: list[str]) -> None:
         uri = inv.uri
         if not uri or host in running:
             return
         try:
-            hv = connect(uri, timeout_s=3)
+            hv = self.connect(uri)
         except DrctlError:
             return  # still down: try again next tick
         try:
@@ -479,6 +523,14 @@ class ControllerLoop:
             pass
         finally:
             hv.close()
+
+
+def _libvirt_connect(uri: str) -> Hypervisor:
+    from drctl.hypervisor.libvirt_adapter import connect
+
+    if not uri:
+        raise HostUnreachable("no libvirt URI published")
+    return connect(uri, timeout_s=3)
 
 
 def _dump(snap: Snapshot) -> object:
