@@ -141,12 +141,17 @@ def test_hung_destination_is_aborted_by_the_watchdog_and_vm_moved_elsewhere(rig:
 
     runner = rig.runner(progress=stop_on_start)
     it = rig.intent("s1", bandwidth_mibs=8)
+    # the runner keeps the source paused while H2 may still run its incoming copy
+    # (docs/runner.md, "A given-up migration"): H2 answers again 30 s after the stop
+    cont = threading.Timer(30.0, os.kill, (pid, signal.SIGCONT))
     try:
         t, box = run_in_thread(runner, it.id)
         assert stopped.wait(45)
-        t.join(120)
+        cont.start()
+        t.join(180)
         runner.close()
     finally:
+        cont.cancel()
         os.kill(pid, signal.SIGCONT)
     # The resumed libvirtd still holds the incoming QEMU of the abandoned migration; it
     # must never run the guest, and libvirt removes it once it sees the source gone.
