@@ -168,6 +168,17 @@ VM_DUPLICATE_STOPPED = _ev("vm.duplicate_stopped",
                            "vm host kept reason", "incident intent")
 VM_STALE_COPY_REMOVED = _ev("vm.stale_copy_removed", "A shut-off copy left on a returning host was undefined.",
                             "vm host reason")
+AGENT_STALE_COPY = _ev("agent.stale_copy",
+                       "On start-up an agent found a local copy of a VM placed on another host and acted on it "
+                       "(stopped, autostart off, undefined when the VM runs on its placement host; or kept, as "
+                       "the only copy).", "vm host placement actions reason", "state")
+AGENT_STARTUP_CHECK_PENDING = _ev("agent.startup_check_pending",
+                                  "A starting agent could not yet check its host's domains against the placement "
+                                  "records (etcd or libvirtd did not answer); it publishes nothing until it has.",
+                                  "host error")
+VM_DEFINITION_NOT_OWNED = _ev("vm.definition_not_owned",
+                              "An agent left a VM definition record alone: the VM's placement names another host, "
+                              "whose record it is.", "vm host owner")
 
 # ---------------------------------------------------------------- the store
 STORE_CALLBACK_FAILED = _ev("store.callback_failed", "A callback given to the store raised; the store goes on.",

@@ -14,6 +14,11 @@ Each tick does what is due and says so in one sentence:
   we stopped witnessing);
 - publish the inventory and VM definitions (drctl/inventory.py).
 
+Before it witnesses or publishes anything, a starting agent checks its host's domains
+against the placement records (drctl.health.startup): a host that returns after its VMs
+were restarted elsewhere must not run (or autostart) those copies. Until that check has
+run once (it needs etcd and libvirtd) the agent only keeps its lease and reports health.
+
 Everything waits on the injected Clock, so a simulated run with a SimClock, a MemoryStore
 and simulated hosts is deterministic. Calls that can hang (libvirt) run with deadlines.
 """
@@ -32,6 +37,7 @@ from drctl.health.grading import Grade, HealthRecord, ProbeGrade, Sample, Witnes
 from drctl.hypervisor import Hypervisor
 from drctl.health.inventory import Publisher, read_host
 from drctl.health.probes import Deadline, Probe, build, libvirt_answers
+from drctl.health.startup import read_facts, stale_copies
 from drctl.model.records import RecordError, parse_inventory
 from drctl.store import Lease, Store
 from drctl.store.keys import Keys
@@ -88,6 +94,8 @@ class Agent:
         # A simulation runs them inline, to stay deterministic.
         self._background = background
         self._jobs: dict[str, threading.Thread] = {}
+        self._checked = False  # the start-up check of local copies has run
+        self._check_failed = ""  # why it could not run yet (reported once)
 
     # ------------------------------------------------------------ the loop
     def tick(self) -> str:
@@ -103,6 +111,10 @@ class Agent:
             if self._write_health():
                 done.append(f"reported {self.grade.value}")
             self._due.report = mono + self.cfg.report_interval_s
+        if not self._checked:
+            done.append(self._check_local_copies())
+            if not self._checked:
+                return "; ".join(d for d in done if d)
         if mono >= self._due.witness:
             self._due.witness = mono + self.cfg.witness_interval_s
             done.append(self._job("witness", self._witness))
@@ -235,6 +247,28 @@ class Agent:
     def _write_health(self) -> bool:
         self._seq += 1
         return self._put_bound(self._keys.health(self.host), self.health_record().to_json())
+
+    # ------------------------------------------------------------ start-up check
+    def _check_local_copies(self) -> str:
+        """Stop and disable stale copies of VMs placed elsewhere (drctl.health.startup);
+        retried every tick until etcd and libvirtd both answered once."""
+        def check() -> list[str]:
+            facts = read_facts(self._store, self._keys)
+            hv = self._connect(self.cfg.libvirt_uri, self.cfg.witness_timeout_s * 5)
+            try:
+                return stale_copies(hv, self.host, facts)
+            finally:
+                hv.close()
+
+        try:
+            acted = self._inventory_deadline.call(check, self.cfg.witness_timeout_s * 10, "start-up check")
+        except (DrctlError, StoreError) as e:
+            if self._check_failed != str(e):
+                self._check_failed = str(e)
+                audit.warn(events.AGENT_STARTUP_CHECK_PENDING, host=self.host, error=str(e))
+            return f"start-up check of local copies not done ({e})"
+        self._checked = True
+        return "checked local copies" + (f": {'; '.join(acted)}" if acted else "")
 
     # ------------------------------------------------------------ witnesses
     def _peers(self, kvs: list) -> list[Peer]:  # type: ignore[type-arg]

@@ -17,6 +17,29 @@ class DomainState(str, Enum):
     OTHER = "other"
 
 
+class StateReason(str, Enum):
+    """Why a domain is in its state, as libvirt says (virDomainShutoffReason and friends).
+
+    It tells a stop somebody asked for (a guest shutdown, `virsh shutdown`/`destroy`, a
+    migration, a save) from one nobody asked for (QEMU crashed or was killed, a start
+    failed, libvirtd dropped the domain): only the latter are drctl's to undo
+    (`UNREQUESTED`, docs/controller.md "VM-level recovery")."""
+
+    NONE = ""  # running, paused, or the adapter cannot say
+    UNKNOWN = "unknown"
+    SHUTDOWN = "shutdown"  # the guest shut down (by itself or asked by `virsh shutdown`)
+    DESTROYED = "destroyed"  # `virsh destroy`: an operator's (or drctl's) hard stop
+    CRASHED = "crashed"  # QEMU died (SIGKILL, OOM killer, guest panic with on_crash=destroy)
+    MIGRATED = "migrated"
+    SAVED = "saved"
+    FAILED = "failed"  # the start failed
+    SNAPSHOT = "from-snapshot"
+    DAEMON = "daemon"  # libvirtd dropped it while reconnecting after a restart
+
+
+UNREQUESTED = frozenset({StateReason.CRASHED, StateReason.FAILED, StateReason.DAEMON})
+
+
 @dataclass(frozen=True)
 class DomainInfo:
     name: str
@@ -25,6 +48,7 @@ class DomainInfo:
     memory_mib: int
     vcpus: int
     persistent: bool = True
+    reason: StateReason = StateReason.NONE
 
 
 @dataclass(frozen=True)
@@ -112,6 +136,13 @@ class Hypervisor(Protocol):
 
     def resume(self, name: str) -> None:
         """Let a paused domain run again (no error if it runs)."""
+
+    def autostart(self, name: str) -> bool:
+        """Whether libvirtd starts the domain when it starts (a host's boot)."""
+
+    def set_autostart(self, name: str, on: bool) -> None:
+        """Switch libvirt autostart; drctl switches it off on copies it leaves behind, so
+        a fenced host that boots again does not start a VM that now runs elsewhere."""
 
     def migrate(self, name: str, dest_uri: str, params: MigrationParams) -> None:
         """Live, peer-to-peer, persisted on the destination, undefined on the source.

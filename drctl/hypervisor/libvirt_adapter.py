@@ -27,7 +27,8 @@ from drctl.model.errors import (
 from xml.sax.saxutils import escape
 
 from drctl.hypervisor.deadline import with_deadline
-from drctl.hypervisor import DomainInfo, DomainState, GuestSupport, HostCapacity, JobStats, MigrationParams
+from drctl.hypervisor import (DomainInfo, DomainState, GuestSupport, HostCapacity, JobStats, MigrationParams,
+                              StateReason)
 
 T = TypeVar("T")
 
@@ -39,6 +40,19 @@ _STATES = {
     libvirt.VIR_DOMAIN_PAUSED: DomainState.PAUSED,
     libvirt.VIR_DOMAIN_SHUTOFF: DomainState.SHUTOFF,
     libvirt.VIR_DOMAIN_CRASHED: DomainState.CRASHED,
+}
+
+# virDomainShutoffReason -> StateReason (a crashed-state domain is CRASHED whatever its reason)
+_SHUTOFF_REASONS = {
+    libvirt.VIR_DOMAIN_SHUTOFF_UNKNOWN: StateReason.UNKNOWN,
+    libvirt.VIR_DOMAIN_SHUTOFF_SHUTDOWN: StateReason.SHUTDOWN,
+    libvirt.VIR_DOMAIN_SHUTOFF_DESTROYED: StateReason.DESTROYED,
+    libvirt.VIR_DOMAIN_SHUTOFF_CRASHED: StateReason.CRASHED,
+    libvirt.VIR_DOMAIN_SHUTOFF_MIGRATED: StateReason.MIGRATED,
+    libvirt.VIR_DOMAIN_SHUTOFF_SAVED: StateReason.SAVED,
+    libvirt.VIR_DOMAIN_SHUTOFF_FAILED: StateReason.FAILED,
+    libvirt.VIR_DOMAIN_SHUTOFF_FROM_SNAPSHOT: StateReason.SNAPSHOT,
+    8: StateReason.DAEMON,  # VIR_DOMAIN_SHUTOFF_DAEMON (libvirt >= 4.x; older bindings lack the name)
 }
 
 # error code -> drctl error, for calls other than migration
@@ -191,7 +205,13 @@ class LibvirtHypervisor:
 
     # -- domains
     def _info(self, dom: libvirt.virDomain) -> DomainInfo:
-        state, maxmem_kib, _mem, vcpus, _cpu = dom.info()
+        _state, maxmem_kib, _mem, vcpus, _cpu = dom.info()
+        state, code = dom.state(0)  # with the reason, which info() lacks
+        reason = StateReason.NONE
+        if state == libvirt.VIR_DOMAIN_SHUTOFF:
+            reason = _SHUTOFF_REASONS.get(code, StateReason.UNKNOWN)
+        elif state == libvirt.VIR_DOMAIN_CRASHED:
+            reason = StateReason.CRASHED
         return DomainInfo(
             name=dom.name(),
             uuid=dom.UUIDString(),
@@ -199,6 +219,7 @@ class LibvirtHypervisor:
             memory_mib=maxmem_kib // 1024,
             vcpus=vcpus,
             persistent=bool(dom.isPersistent()),
+            reason=reason,
         )
 
     def list_domains(self) -> list[DomainInfo]:
@@ -248,6 +269,14 @@ class LibvirtHypervisor:
         state = self._call(f"state {name}", dom.state)[0]
         if state == libvirt.VIR_DOMAIN_PAUSED:
             self._call(f"resume {name}", dom.resume)
+
+    def autostart(self, name: str) -> bool:
+        dom = self._dom(name)
+        return bool(self._call(f"autostart {name}", dom.autostart))
+
+    def set_autostart(self, name: str, on: bool) -> None:
+        dom = self._dom(name)
+        self._call(f"set autostart {name} {'on' if on else 'off'}", lambda: dom.setAutostart(1 if on else 0))
 
     # -- migration
     def migrate(self, name: str, dest_uri: str, params: MigrationParams) -> None:

@@ -23,7 +23,8 @@ from drctl.model.errors import (
     MigrationFailed,
     NoSuchDomain,
 )
-from drctl.hypervisor import DomainInfo, DomainState, GuestSupport, HostCapacity, JobStats, MigrationParams
+from drctl.hypervisor import (DomainInfo, DomainState, GuestSupport, HostCapacity, JobStats, MigrationParams,
+                              StateReason)
 
 
 @dataclass
@@ -37,6 +38,8 @@ class SimDomain:
     last_job: JobStats | None = None
     migrating: bool = False  # the source side of a migration job in progress
     incoming: bool = False  # the destination side of a hand-over that has not finished
+    reason: StateReason = StateReason.UNKNOWN  # why it is in `state` (libvirt's state reason)
+    autostart: bool = False
 
 
 @dataclass
@@ -107,6 +110,24 @@ class SimCluster:
         if len(hosts) > 1:
             self.duplicates_seen.append((vm, tuple(hosts)))
 
+    def crash(self, host: str, vm: str) -> None:
+        """QEMU of `vm` on `host` dies (SIGKILL, OOM): shut off, reason crashed."""
+        with self.lock:
+            d = self.hosts[host].domains[vm]
+            d.state, d.reason = DomainState.SHUTOFF, StateReason.CRASHED
+
+    def boot(self, host: str) -> None:
+        """`host` powers on again after a fence: every domain was off (reason unknown,
+        as after a reboot); libvirtd starts those with autostart set."""
+        with self.lock:
+            h = self.hosts[host]
+            h.up, h.hung = True, False
+            for d in h.domains.values():
+                d.state, d.reason = DomainState.SHUTOFF, StateReason.UNKNOWN
+            for d in h.domains.values():
+                if d.autostart:
+                    d.state, d.reason = DomainState.RUNNING, StateReason.NONE
+
     def where(self, vm: str) -> list[str]:
         """Hosts on which `vm` runs (the invariant: exactly one)."""
         return sorted(h.name for h in self.hosts.values()
@@ -173,7 +194,8 @@ class SimHypervisor:
 
     @staticmethod
     def _info(d: SimDomain) -> DomainInfo:
-        return DomainInfo(d.name, d.uuid, d.state, d.memory_mib, d.vcpus, True)
+        reason = d.reason if d.state in (DomainState.SHUTOFF, DomainState.CRASHED) else StateReason.NONE
+        return DomainInfo(d.name, d.uuid, d.state, d.memory_mib, d.vcpus, True, reason)
 
     def domain(self, name: str) -> DomainInfo:
         return self._info(self._dom(name))
@@ -218,7 +240,15 @@ class SimHypervisor:
                 self.cluster.note_running(name)
 
     def destroy(self, name: str) -> None:
-        self._dom(name).state = DomainState.SHUTOFF
+        d = self._dom(name)
+        if d.state is not DomainState.SHUTOFF:
+            d.state, d.reason = DomainState.SHUTOFF, StateReason.DESTROYED
+
+    def autostart(self, name: str) -> bool:
+        return self._dom(name).autostart
+
+    def set_autostart(self, name: str, on: bool) -> None:
+        self._dom(name).autostart = on
 
     def undefine(self, name: str) -> None:
         with self.cluster.lock:
@@ -254,7 +284,8 @@ class SimHypervisor:
                              data_total=d.memory_mib << 20, data_processed=d.memory_mib << 20,
                              memory_total=d.memory_mib << 20, memory_processed=d.memory_mib << 20,
                              memory_iteration=2)
-            dest.domains[name] = replace(d, state=DomainState.RUNNING, last_job=stats)
+            # like libvirt's PERSIST_DEST: the destination's definition starts without autostart
+            dest.domains[name] = replace(d, state=DomainState.RUNNING, last_job=stats, autostart=False)
             self.cluster.note_running(name)
 
     def _stall(self, d: SimDomain, dest: SimHost, gives_up_s: float, what: str) -> None:

@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 import pytest
 
 from drctl.model.errors import HostUnreachable, NoSuchDomain
-from drctl.hypervisor import DomainState, Hypervisor, MigrationParams
+from drctl.hypervisor import DomainState, Hypervisor, MigrationParams, StateReason
 from drctl.hypervisor.sim import SimCluster
 from drctl.lab.guest import GuestImage, domain_xml, last_tick, wait_ticking
 
@@ -106,6 +106,26 @@ def test_suspend_and_resume_are_idempotent(pair: Pair) -> None:
     assert pair.src.domain("c-pause").state is DomainState.RUNNING
     pair.src.destroy("c-pause")
     pair.src.undefine("c-pause")
+
+
+def test_autostart_and_the_reason_a_domain_stopped(pair: Pair) -> None:
+    """Autostart can be switched off (drctl does so on copies it leaves behind), and a
+    hard stop reads as `destroyed`: a stop somebody asked for, not a crash."""
+    pair.src.define(pair.xml("c-auto"))
+    try:
+        assert pair.src.autostart("c-auto") is False
+        pair.src.set_autostart("c-auto", True)
+        assert pair.src.autostart("c-auto") is True
+        pair.src.set_autostart("c-auto", False)
+        assert pair.src.autostart("c-auto") is False
+        pair.src.start("c-auto")
+        assert pair.src.domain("c-auto").reason is StateReason.NONE
+        pair.src.destroy("c-auto")
+        info = pair.src.domain("c-auto")
+        assert info.state is DomainState.SHUTOFF and info.reason is StateReason.DESTROYED
+    finally:
+        pair.src.destroy("c-auto")
+        pair.src.undefine("c-auto")
 
 
 def test_capacity_counts_all_memory(pair: Pair) -> None:
