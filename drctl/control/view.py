@@ -29,7 +29,7 @@ from typing import Iterable, Mapping
 from drctl.clock import Clock, SystemClock
 from drctl.control.intents import Intent, parse_intent, report_unreadable
 from drctl.control.tick import Incident, IncidentKind, IncidentPhase
-from drctl.health.grading import HostVerdict, host_state
+from drctl.health.grading import HostVerdict, RecordAges, host_state
 from drctl.model.cluster import VM, Host, HostState, Snapshot
 from drctl.model.errors import StoreError
 from drctl.model.records import (DefinitionRecord, HealthRecord, InventoryRecord, MaintenanceRecord,
@@ -96,14 +96,15 @@ def records_from(kvs: Iterable[KV], keys: Keys, revision: int = 0) -> ClusterRec
                 hosts.add(host)
                 if rest == "health":
                     try:
-                        health[host] = parse_health(kv.key, kv.value, kv.lease)
+                        health[host] = parse_health(kv.key, kv.value, kv.lease, kv.mod_revision)
                     except RecordError as e:
                         # the key is bound to the agent's lease: present = the host lives,
                         # whatever a newer agent wrote in it; never read it as "lease gone"
                         bad_health[host] = str(e)
                         raise
                 elif rest.startswith("witness/"):
-                    witnesses.setdefault(host, {})[rest.removeprefix("witness/")] = parse_witness(kv.key, kv.value)
+                    witnesses.setdefault(host, {})[rest.removeprefix("witness/")] = parse_witness(kv.key, kv.value,
+                                                                                   kv.mod_revision)
                 elif rest == "inventory":
                     inv[host] = parse_inventory(kv.key, kv.value, host)
                 elif rest == "maintenance":
@@ -138,10 +139,53 @@ def read_records(store: Store, keys: Keys) -> ClusterRecords:
 # ---------------------------------------------------------------- verdicts and snapshot (pure)
 
 
-def host_verdicts(records: ClusterRecords, quorum: int | None, now: float) -> dict[str, HostVerdict]:
+class RecordClock:
+    """Ages of the health and witness records, judged by the reader alone (issue 12 case 17).
+
+    A record's `ts` is its writer's wall clock: comparing it with ours makes a host whose
+    clock is behind look stalled for ever. Instead each read notes every record's etcd mod
+    revision (every rewrite changes it, even with the same content) and when, on this
+    reader's own monotonic clock, it last saw it change. Records already there at the first
+    read have an unknown age: a health record counts from then (its lease proves the host
+    lives), a witness report counts as evidence only once seen rewritten.
+    """
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, str], tuple[int, float, bool]] = {}  # (host, writer) -> rev, since, known
+        self._started = False
+        self._lock = threading.Lock()
+
+    def ages(self, records: ClusterRecords, mono: float) -> dict[str, RecordAges]:
+        with self._lock:
+            seen: dict[tuple[str, str], tuple[int, float, bool]] = {}
+
+            def age(host: str, writer: str, revision: int) -> float | None:
+                prev = self._seen.get((host, writer))
+                if prev is None or prev[0] != revision:
+                    # changed since the last read, or new since the first one: written just now
+                    prev = (revision, mono, self._started or prev is not None)
+                seen[(host, writer)] = prev
+                return mono - prev[1] if prev[2] else None
+
+            out: dict[str, RecordAges] = {}
+            for h in sorted(records.hosts):
+                rec = records.health.get(h)
+                health = age(h, "", rec.revision) if rec is not None else None
+                lower = mono - seen[(h, "")][1] if rec is not None else 0.0
+                wit = {w: age(h, w, r.revision) for w, r in records.witnesses.get(h, {}).items()}
+                out[h] = RecordAges(health if health is not None else lower, wit)
+            self._seen, self._started = seen, True
+            return out
+
+
+def host_verdicts(records: ClusterRecords, quorum: int | None, now: float,
+                  ages: Mapping[str, RecordAges] | None = None) -> dict[str, HostVerdict]:
     """Every host's state. quorum: a fixed number of witnesses that must confirm a host
-    dead, or None for a majority of the witnesses it has (drctl.health.grading.quorum_for)."""
-    out = {h: host_state(h, records.health.get(h), records.witnesses.get(h, {}), quorum, now)
+    dead, or None for a majority of the witnesses it has (drctl.health.grading.quorum_for).
+    ages: the records' ages by the reader's clock (RecordClock); without them (a one-shot
+    reader) the writers' timestamps are compared with `now`."""
+    out = {h: host_state(h, records.health.get(h), records.witnesses.get(h, {}), quorum, now,
+                         ages.get(h, RecordAges()) if ages is not None else None)
            for h in sorted(records.hosts)}
     for h, why in records.unreadable_health.items():
         out[h] = HostVerdict(h, HostState.UNREACHABLE, f"health record present (lease lives) but unreadable: {why}",
@@ -263,8 +307,9 @@ class ClusterView:
         return {h: inv.uri for h, inv in self.records.inventories.items() if inv.uri}
 
 
-def build_view(records: ClusterRecords, quorum: int | None, now: float, ok: bool = True) -> ClusterView:
-    verdicts = host_verdicts(records, quorum, now)
+def build_view(records: ClusterRecords, quorum: int | None, now: float, ok: bool = True,
+               ages: Mapping[str, RecordAges] | None = None) -> ClusterView:
+    verdicts = host_verdicts(records, quorum, now, ages)
     return ClusterView(records, verdicts, build_snapshot(records, verdicts, now), now, ok)
 
 
@@ -296,18 +341,27 @@ class SharedView:
     def __init__(self, store: Store, keys: Keys, quorum: int | None, clock: Clock | None = None) -> None:
         self.store, self.keys, self.quorum = store, keys, quorum
         self.clock = clock or SystemClock()
+        self.record_clock = RecordClock()  # ages of records by this process's own clock
         self._lock = threading.Lock()
         self._view = ClusterView()
         self._last_ok = self._view
         self._uris: dict[str, str] = {}
         self.uris: Mapping[str, str] = _LiveUris(self)
 
-    def refresh(self, now: float) -> ClusterView:
+    def refresh(self, now: float, mono: float | None = None) -> ClusterView:
         """Read etcd once, publish and return the new view. Its `read_mono` is when this
         read was sent if it succeeded, else when the last successful one was: the age
-        of a view counts from the read its data came from."""
+        of a view counts from the read its data came from. Health and witness records are
+        aged on this process's monotonic clock (`mono`, default the view's clock), by
+        their etcd revisions (RecordClock), never by their writers' clocks."""
         sent = self.clock.monotonic()
-        view = read_view(self.store, self.keys, self.quorum, now)
+        try:
+            records = read_records(self.store, self.keys)
+        except StoreError:
+            view = build_view(ClusterRecords(), self.quorum, now, ok=False)
+        else:
+            ages = self.record_clock.ages(records, sent if mono is None else mono)
+            view = build_view(records, self.quorum, now, ages=ages)
         with self._lock:
             since = sent if view.ok else self._last_ok.read_mono
         view = replace(view, read_mono=since)

@@ -15,14 +15,14 @@ job. This module does no I/O.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 from drctl.model.cluster import HostState
 from drctl.model.records import Grade, HealthRecord, WitnessReport
 
 __all__ = ["Grade", "HealthRecord", "WitnessReport", "Sample", "ProbeGrade", "step", "combine", "HostVerdict",
-           "host_state", "quorum_for"]
+           "host_state", "quorum_for", "RecordAges"]
 
 
 def _fmt(value: float | None) -> str:
@@ -126,8 +126,32 @@ STALE_MIN_S = 3.0
 STALLED_MIN_S = 10.0
 
 
-def _stale(ts: float, interval_s: float, now: float, minimum: float = STALE_MIN_S) -> bool:
-    return now - ts > max(STALE_INTERVALS * interval_s, minimum)
+@dataclass(frozen=True)
+class RecordAges:
+    """How old a host's health record and its witnesses' reports are, judged by the reader
+    alone: seconds on the reader's own monotonic clock since it saw each record's etcd
+    revision change (drctl.control.view.RecordClock). Another machine's clock never enters:
+    a host whose clock is behind writes `ts` values that look old to everyone else.
+
+    health: seconds the reader has seen the health record unchanged (a lower bound when
+    the record was already there at the reader's first read).
+    witnesses: witness -> seconds since the reader saw its report rewritten; None when it
+    has not seen it rewritten yet (it was there at the first read: its age is unknown,
+    so it does not count as fresh evidence until the witness writes again).
+    """
+
+    health: float = 0.0
+    witnesses: Mapping[str, float | None] = field(default_factory=dict)
+
+
+def _age(ts: float, now: float, judged: float | None, ages: RecordAges | None) -> float | None:
+    """A record's age: the reader's own measure if it has one, else `now - ts` (a one-shot
+    reader, e.g. `drctl status`, which has seen no revision change to measure by)."""
+    return now - ts if ages is None else judged
+
+
+def _is_stale(age: float | None, interval_s: float, minimum: float = STALE_MIN_S) -> bool:
+    return age is None or age > max(STALE_INTERVALS * interval_s, minimum)
 
 
 def quorum_for(witnesses: int, configured: int | None = None) -> int:
@@ -153,33 +177,42 @@ def default_quorum(witnesses: int) -> int:
 
 
 def host_state(host: str, health: HealthRecord | None, witnesses: Mapping[str, WitnessReport],
-               quorum: int | None, now: float) -> HostVerdict:
+               quorum: int | None, now: float, ages: RecordAges | None = None) -> HostVerdict:
     """Combine a host's own report, its lease and its witnesses' reports into one state.
 
     health: its health record, None when the key is gone (the key is bound to the agent's
     lease, so absent = lease expired or never granted). witnesses: peer -> report about
     this host (each present only while that peer's lease lives). quorum: how many fresh
     witnesses must confirm they cannot reach its libvirtd before it counts as dead; None:
-    a majority of the witnesses it has (`quorum_for`).
+    a majority of the witnesses it has (`quorum_for`). ages: how old the records are by
+    the reader's own clock (RecordAges); None for a one-shot reader, which falls back to
+    comparing the writers' `ts` with `now` (only the controller's repeated reads can tell
+    a record's age without trusting another host's clock).
     """
     quorum = quorum_for(len(witnesses), quorum)
-    fresh = {w: r for w, r in sorted(witnesses.items()) if not _stale(r.ts, r.interval_s, now)}
+    age = {w: _age(r.ts, now, ages.witnesses.get(w) if ages else None, ages) for w, r in witnesses.items()}
+
+    def ago(w: str) -> str:
+        a = age[w]
+        return "not yet seen rewritten" if a is None else f"{a:.1f}s old"
+
+    fresh = {w: r for w, r in sorted(witnesses.items()) if not _is_stale(age[w], r.interval_s)}
     evidence = [f"witness {w}: {'reaches' if r.libvirt_reachable else 'cannot reach'} libvirtd"
                 f"{', sees lease' if r.lease_seen else ', lease not seen'}"
-                f"{' (' + r.detail + ')' if r.detail and not r.libvirt_reachable else ''}, {now - r.ts:.1f}s ago"
+                f"{' (' + r.detail + ')' if r.detail and not r.libvirt_reachable else ''}, {age[w] or 0.0:.1f}s ago"
                 for w, r in fresh.items()]
-    evidence += [f"witness {w}: report stale ({now - r.ts:.1f}s old)" for w, r in sorted(witnesses.items())
-                 if w not in fresh]
+    evidence += [f"witness {w}: report stale ({ago(w)})" for w, r in sorted(witnesses.items()) if w not in fresh]
     if health is not None:
         lease = f"lease {health.lease:x} present" if health.lease else "health record present"
-        if _stale(health.ts, health.interval_s, now, STALLED_MIN_S):
+        health_age = _age(health.ts, now, ages.health if ages else None, ages) or 0.0
+        if _is_stale(health_age, health.interval_s, STALLED_MIN_S):
             # The lease keepalive runs in its own thread: a stuck agent loop keeps the
             # lease but stops reporting. We know nothing current about the host.
             return HostVerdict(host, HostState.UNREACHABLE,
-                               f"{lease} but its health report is {now - health.ts:.1f}s old (agent stalled?)",
+                               f"{lease} but its health report is {health_age:.1f}s old (agent stalled?)",
                                (lease, f"last report seq {health.seq}: {health.grade.value}", *evidence))
         return HostVerdict(host, health.grade.state, health.reason,
-                           (f"{lease}, report seq {health.seq} {now - health.ts:.1f}s ago", *evidence))
+                           (f"{lease}, report seq {health.seq} {health_age:.1f}s ago", *evidence))
     reaching = [w for w, r in fresh.items() if r.libvirt_reachable]
     confirming = [w for w, r in fresh.items() if not r.libvirt_reachable]
     evidence.insert(0, "lease gone (no health record)")

@@ -165,6 +165,7 @@ class HealthRecord:
     interval_s: float = 1.0  # how often the agent rewrites it: tells a stalled agent apart
     lease: int = 0  # the lease the key is bound to (from etcd, not stored in the value)
     samples: Mapping[str, Any] = field(default_factory=dict)
+    revision: int = 0  # etcd mod revision it was read at (not stored): tells a rewrite apart
 
     def to_json(self) -> bytes:
         return json.dumps({"host": self.host, "grade": self.grade.value, "reason": self.reason, "ts": self.ts,
@@ -172,10 +173,10 @@ class HealthRecord:
                           sort_keys=True).encode()
 
 
-def parse_health(key: str, raw: bytes, lease: int = 0) -> HealthRecord:
+def parse_health(key: str, raw: bytes, lease: int = 0, revision: int = 0) -> HealthRecord:
     r = RecordReader(key, raw)
     return HealthRecord(r.text("host"), r.enum("grade", Grade), r.text("reason", ""), r.number("ts"), r.integer("seq", 0),
-                        r.number("interval_s", 1.0), lease, r.mapping("samples"))
+                        r.number("interval_s", 1.0), lease, r.mapping("samples"), revision)
 
 
 @dataclass(frozen=True)
@@ -191,6 +192,7 @@ class WitnessReport:
     interval_s: float = 1.0
     latency_s: float | None = None
     detail: str = ""
+    revision: int = 0  # etcd mod revision it was read at (not stored)
 
     def to_json(self) -> bytes:
         return json.dumps({"host": self.host, "witness": self.witness, "libvirt_reachable": self.libvirt_reachable,
@@ -198,10 +200,11 @@ class WitnessReport:
                            "latency_s": self.latency_s, "detail": self.detail}, sort_keys=True).encode()
 
 
-def parse_witness(key: str, raw: bytes) -> WitnessReport:
+def parse_witness(key: str, raw: bytes, revision: int = 0) -> WitnessReport:
     r = RecordReader(key, raw)
     return WitnessReport(r.text("host"), r.text("witness"), r.flag("libvirt_reachable"), r.flag("lease_seen", False),
-                         r.number("ts"), r.number("interval_s", 1.0), r.optional_number("latency_s"), r.text("detail", ""))
+                         r.number("ts"), r.number("interval_s", 1.0), r.optional_number("latency_s"), r.text("detail", ""),
+                         revision)
 
 
 # ---------------------------------------------------------------- inventory and definitions
@@ -213,6 +216,7 @@ class InventoryVM:
     state: str  # a libvirt domain state as the agent saw it ("running", "shutoff", ...)
     memory_mib: int = 0
     vcpus: int = 0
+    reason: str = ""  # libvirt's state reason of a stopped domain (drctl.hypervisor.StateReason values)
 
 
 @dataclass(frozen=True)
@@ -240,8 +244,8 @@ class InventoryRecord:
 
 def parse_inventory(key: str, raw: bytes, host: str = "") -> InventoryRecord:
     r = RecordReader(key, raw)
-    vms = tuple(InventoryVM(v.text("name"), v.text("state", ""), v.integer("memory_mib", 0), v.integer("vcpus", 0))
-                for v in r.objects("vms"))
+    vms = tuple(InventoryVM(v.text("name"), v.text("state", ""), v.integer("memory_mib", 0), v.integer("vcpus", 0),
+                            v.text("reason", "")) for v in r.objects("vms"))
     return InventoryRecord(r.text("host", host), r.text("uri", ""), r.text("hostname", ""), r.integer("memory_total_mib", 0),
                            r.integer("memory_free_mib", 0), r.integer("cpus", 0), r.text("cpu_model", ""), r.texts("networks"),
                            r.texts("storage_pools"), r.text_map("labels"), vms, r.number("ts", 0.0),
