@@ -443,7 +443,8 @@ class ControllerLoop:
         if not placed:
             return
         moving = {i.vm for i in records.intents if not i.state.terminal}
-        last_move = {i.vm: i.updated for i in sorted(records.intents, key=lambda i: i.updated)}
+        # ordered by etcd revision, not by timestamps: the agent's and the runner's clocks differ
+        last_move = {i.vm: i.revision for i in sorted(records.intents, key=lambda i: i.revision)}
         # only inventories of hosts that are alive now, and published after the VM's last
         # move, say where it runs: a dead host's last inventory, or one written just before
         # a migration finished, still lists VMs that have left
@@ -453,7 +454,7 @@ class ControllerLoop:
         for host, inv in sorted(fresh.items()):
             for entry in inv.vms:
                 vm = entry.name
-                if entry.state == "running" and inv.ts > last_move.get(vm, 0.0):
+                if entry.state == "running" and inv.revision > last_move.get(vm, 0):
                     running.setdefault(vm, []).append(host)
         acting = not self.policy.dry_run and view.etcd_healthy
         for vm, hosts in running.items():

@@ -106,7 +106,7 @@ def records_from(kvs: Iterable[KV], keys: Keys, revision: int = 0) -> ClusterRec
                     witnesses.setdefault(host, {})[rest.removeprefix("witness/")] = parse_witness(kv.key, kv.value,
                                                                                    kv.mod_revision)
                 elif rest == "inventory":
-                    inv[host] = parse_inventory(kv.key, kv.value, host)
+                    inv[host] = parse_inventory(kv.key, kv.value, host, kv.mod_revision)
                 elif rest == "maintenance":
                     try:
                         maint[host] = parse_maintenance(kv.key, kv.value, host)

@@ -237,19 +237,21 @@ class InventoryRecord:
     vms: tuple[InventoryVM, ...] = ()
     ts: float = 0.0
     reserved_mib: int = 0  # memory kept back from placement (not written by the agent today)
+    revision: int = 0  # etcd mod revision it was read at (not stored): orders it among other records
+
 
     def vm(self, name: str) -> InventoryVM | None:
         return next((v for v in self.vms if v.name == name), None)
 
 
-def parse_inventory(key: str, raw: bytes, host: str = "") -> InventoryRecord:
+def parse_inventory(key: str, raw: bytes, host: str = "", revision: int = 0) -> InventoryRecord:
     r = RecordReader(key, raw)
     vms = tuple(InventoryVM(v.text("name"), v.text("state", ""), v.integer("memory_mib", 0), v.integer("vcpus", 0),
                             v.text("reason", "")) for v in r.objects("vms"))
     return InventoryRecord(r.text("host", host), r.text("uri", ""), r.text("hostname", ""), r.integer("memory_total_mib", 0),
                            r.integer("memory_free_mib", 0), r.integer("cpus", 0), r.text("cpu_model", ""), r.texts("networks"),
                            r.texts("storage_pools"), r.text_map("labels"), vms, r.number("ts", 0.0),
-                           r.integer("reserved_mib", 0))
+                           r.integer("reserved_mib", 0), revision)
 
 
 @dataclass(frozen=True)
