@@ -161,6 +161,15 @@ VM_RESTARTED = _ev("vm.restarted", "A VM of a fenced host was defined and starte
 VM_VERIFIED = _ev("vm.verified", "Where a VM runs was checked after a move (exactly once, guest alive).",
                   "intent vm host ok", "incident detail")
 
+VM_STOPPED_UNREQUESTED = _ev("vm.stopped_unrequested",
+                              "A VM drctl manages was found stopped on a live host for a reason nobody asked for "
+                              "(crashed, a failed start, dropped by libvirtd); a start was asked for.",
+                              "vm host reason", "attempt max_attempts window_s incident")
+VM_RECOVERY_EXHAUSTED = _ev("vm.recovery_exhausted",
+                            "A VM stopped without a request again after its bound of starts within the window: "
+                            "left to a human.", "vm reason")
+VM_STARTED_AGAIN = _ev("vm.started_again", "The runner started a VM where it had stopped without a request.",
+                       "incident intent vm host reason", "boot_ms")
 VM_DUPLICATE_DETECTED = _ev("vm.duplicate_detected", "Inventories list a VM running on two hosts (never fixed by guessing).",
                             "vm hosts", "placement")
 VM_DUPLICATE_STOPPED = _ev("vm.duplicate_stopped",

@@ -154,7 +154,7 @@ def report_unreadable(error: RecordError) -> None:
 def new_intent(move: Move, incident: str, term: int, now: float, params: IntentParams = IntentParams(),
                candidates: Sequence[str] = (), memory_mib: int = 0, intent_id: str | None = None) -> Intent:
     """A pending intent for one planned move (pure)."""
-    prefix = "rst" if move.kind is IntentKind.RESTART else "mig"
+    prefix = {IntentKind.RESTART: "rst", IntentKind.START: "sta"}.get(move.kind, "mig")
     return Intent(
         id=intent_id or f"{prefix}-{uuid.uuid4().hex[:12]}", incident=incident, kind=move.kind, vm=move.vm,
         src=move.src, dst=move.dst, candidates=tuple(c for c in candidates if c not in (move.dst, move.src)),

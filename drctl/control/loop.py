@@ -40,6 +40,7 @@ from drctl.control.tick import (
     WriteIntents,
     tick,
 )
+from drctl.control import vm_recovery
 from drctl.control.election import Election, Leadership
 from drctl.model.errors import DrctlError, HostUnreachable, StoreError, StoreUnavailable
 from drctl.control.copies import IntentFacts, authoritative_copy
@@ -47,7 +48,7 @@ from drctl.hypervisor import Hypervisor
 from drctl.fencing.agents import FenceAgent, FenceResult, PowerState
 from drctl.health.grading import HostVerdict
 from drctl.control.intents import IntentParams, create_intents, new_intent
-from drctl.model.cluster import HostState, IntentState, Snapshot
+from drctl.model.cluster import HostState, IntentKind, IntentState, Snapshot
 from drctl.model.records import InventoryRecord
 from drctl.policy import EvidenceKind, Policy
 from drctl.store import Compare, Put, Store
@@ -80,6 +81,7 @@ class LoopState:
     fencing: set[str] | None = None
     duplicates: set[tuple[str, tuple[str, ...]]] = field(default_factory=set)  # reported once each
     short_of_quorum: dict[str, int] = field(default_factory=dict)  # host -> witnesses, reported once
+    recovery_exhausted: set[str] = field(default_factory=set)  # VMs past their start bound, reported once
 
 
 class ControllerLoop:
@@ -88,7 +90,8 @@ class ControllerLoop:
                  lease_ttl: int = 2, tick_interval_s: float = 0.5, settings: Settings = Settings(),
                  quorum: int | None = None, echo: Callable[[str], None] | None = None,
                  on_leading: Callable[[Leadership], None] | None = None, shared: SharedView | None = None,
-                 connect: Callable[[str], Hypervisor] | None = None) -> None:
+                 connect: Callable[[str], Hypervisor] | None = None,
+                 vm_recovery_settings: vm_recovery.RecoverySettings = vm_recovery.RecoverySettings()) -> None:
         self.store = store
         self.keys = keys
         self.policy = policy
@@ -97,6 +100,7 @@ class ControllerLoop:
         self.clock = clock or SystemClock()
         self.tick_interval_s = tick_interval_s
         self.settings = settings
+        self.vm_recovery = vm_recovery_settings
         # the view this loop builds once per tick, shared with the runner of this process
         self.shared = shared or SharedView(store, keys, configured_quorum(quorum, policy), clock=self.clock)
         self.echo = echo or (lambda _s: None)
@@ -254,12 +258,51 @@ class ControllerLoop:
         self.state.frozen = result.frozen
         if not result.frozen:
             self._resume_fences(view, lead)
+            self._recover_vms(records, lead, view, snap, now)
         self._remove_stale_copies(records, lead, view)
         if result.sentence != self.state.last_sentence:
             audit.emit(events.TICK_COMPLETED, sentence=result.sentence, decisions=len(result.decisions))
             self.echo(f"{self.name}: {result.sentence}")
             self.state.last_sentence = result.sentence
         return result.sentence
+
+    # ------------------------------------------------------------------ VM-level recovery
+    def _recover_vms(self, records: ClusterRecords, lead: Leadership, view: View, snap: Snapshot, now: float) -> None:
+        """VMs stopped without a request on live hosts are started again (control/vm_recovery.py
+        decides, purely; the writes go through the leader's guard like every decision)."""
+        stopped = [vm_recovery.StoppedVM(e.name, h, e.state, e.reason, inv.revision)
+                   for h, inv in sorted(records.inventories.items()) for e in inv.vms
+                   if e.state in vm_recovery.STOPPED_STATES]
+        earlier = [vm_recovery.EarlierStart(i.vm, i.created, i.revision) for i in records.intents
+                   if i.kind is IntentKind.START]
+        self.state.recovery_exhausted &= {s.vm for s in stopped}  # running again: report anew next time
+        inp = vm_recovery.RecoveryInput(snap, stopped, earlier, view.intents, view.incidents,
+                                        frozenset(self.state.recovery_exhausted))
+        result = vm_recovery.decide(inp, now, self.vm_recovery, self.policy.name)
+        for vm, why in result.exhausted:
+            audit.warn(events.VM_RECOVERY_EXHAUSTED, vm=vm, reason=why)
+            self.state.recovery_exhausted.add(vm)
+        for d in result.decisions:
+            try:
+                if isinstance(d, WriteIntents):
+                    self._write_starts(d, lead, now)
+                else:
+                    self._apply(d, lead, view, snap, now)
+            except DrctlError as e:
+                audit.warn(events.CONTROLLER_DECISION_FAILED, decision=type(d).__name__, error=str(e))
+        if result.sentence:
+            self.echo(f"{self.name}: {result.sentence}")
+
+    def _write_starts(self, d: WriteIntents, lead: Leadership, now: float) -> None:
+        built = [new_intent(m, d.incident, lead.term, now, intent_id=f"{d.incident}-{m.vm}") for m in d.moves]
+        if create_intents(self.store, self.keys, built, guards=lead.guard()):
+            inc = self._incident(d.incident)
+            if inc is not None:
+                self._write(lead, self.keys.incident(inc.id),
+                            incident_to_json(replace(inc, intents=tuple(i.id for i in built))))
+            for m in d.moves:
+                audit.warn(events.VM_STOPPED_UNREQUESTED, vm=m.vm, host=m.src, reason=m.reason, incident=d.incident,
+                           max_attempts=self.vm_recovery.max_attempts, window_s=self.vm_recovery.window_s)
 
     # ------------------------------------------------------------------ decisions
     def _write(self, lead: Leadership, key: str, value: bytes) -> bool:

@@ -27,6 +27,7 @@ class IncidentKind(str, Enum):
     RECOVER = "recover"  # dead host: evidence, fence, restart elsewhere
     DRAIN = "drain"  # maintenance requested
     REBALANCE = "rebalance"  # imbalance trigger
+    VM_RECOVER = "vm-recover"  # a VM stopped without a request on a live host (control/vm_recovery.py)
 
 
 class IncidentPhase(str, Enum):

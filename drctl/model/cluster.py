@@ -210,6 +210,7 @@ class Limits:
 class IntentKind(str, Enum):
     MIGRATE = "migrate"  # live migration off a host that is still alive
     RESTART = "restart"  # define + start elsewhere; only for a fenced, dead host
+    START = "start"  # start a VM found stopped without a request, where it is defined (a live host)
 
 
 class IntentState(str, Enum):

@@ -34,7 +34,7 @@ from drctl.audit import events
 from drctl.control import intents
 from drctl.clock import Clock
 from drctl.model.errors import DrctlError, HostUnreachable, NoSuchDomain, PermanentError, TransientError
-from drctl.hypervisor import Hypervisor, JobStats, MigrationParams
+from drctl.hypervisor import UNREQUESTED, Hypervisor, JobStats, MigrationParams
 from drctl.control.intents import Intent
 from drctl.runner.migration import CopyMode, MigrationJob, Outcome, ProgressCallback, Result, WatchConfig
 from drctl.model.cluster import EscalationStep, Host, IntentKind, IntentState, Limits
@@ -162,11 +162,11 @@ class Runner:
         # a restarted guest booting (verifying) costs no more than any running VM: it
         # takes neither a cluster slot nor a destination's, so every VM of a dead host is
         # started again at once, not one boot at a time
-        booting = [b for b in busy if b.kind is IntentKind.RESTART and b.state is S.VERIFYING]
+        booting = [b for b in busy if b.kind in (IntentKind.RESTART, IntentKind.START) and b.state is S.VERIFYING]
         if len(busy) - len(booting) >= lim.max_concurrent:
             return False
-        if it.kind is IntentKind.RESTART:
-            starting = [b for b in busy if b.kind is IntentKind.RESTART and b not in booting]
+        if it.kind in (IntentKind.RESTART, IntentKind.START):
+            starting = [b for b in busy if b.kind in (IntentKind.RESTART, IntentKind.START) and b not in booting]
             return sum(b.dst == it.dst for b in starting) < lim.max_per_destination
         moving = [b for b in busy if b.kind is IntentKind.MIGRATE]
         return (sum(b.src == it.src for b in moving) < lim.max_per_source
@@ -307,6 +307,8 @@ class Runner:
         the intent is back in CHECKING (kept in `box`) and the error propagates."""
         if it.kind is IntentKind.RESTART:
             return self._restart(it, box)
+        if it.kind is IntentKind.START:
+            return self._start_in_place(it, box)
         try:
             xml = self._source_xml(it)
         except _AlreadyThere as e:
@@ -649,7 +651,7 @@ class Runner:
         hv = self._hv(it.dst)
         try:
             timeout = self.cfg.verify_timeout_s
-            if it.kind is IntentKind.RESTART:
+            if it.kind in (IntentKind.RESTART, IntentKind.START):
                 timeout = max(timeout, self.cfg.boot_timeout_s)  # a cold boot, not a warm arrival
             health = self.health.check(it.vm, it.dst, hv, self._marks.get(it.id), timeout)
         except DrctlError as e:
@@ -725,11 +727,49 @@ class Runner:
                    attempt=it.attempt, boot_ms=int((self.clock.monotonic() - t0) * 1000))
         return self._to(it, S.VERIFYING, f"started on {it.dst}")
 
+    # ---------------------------------------------------------------- start in place (VM-level recovery)
+    def _start_in_place(self, it: Intent, box: list[Intent]) -> Intent:
+        """Start a VM found stopped without a request on its (live) host, once: only while
+        libvirt there still says stopped for an unrequested reason, and no host runs or holds
+        a paused copy of it (drctl.control.vm_recovery decided; libvirt is asked again now)."""
+        where = locate(self._hv, self._involved(it), it.vm)
+        detail = ", ".join(f"{h}={w.value}" for h, w in sorted(where.items()))
+        active = sorted(h for h, w in where.items() if w in (Where.RUNNING, Where.PAUSED))
+        if active == [it.dst] and where[it.dst] is Where.RUNNING:
+            it = self._to(it, S.MIGRATING, f"{it.vm} already runs on {it.dst} ({detail})")
+            return self._to(it, S.VERIFYING, "no second start")
+        if active:
+            return self._to(it, S.FAILED, f"{it.vm} runs (or is paused) on {', '.join(active)}: not starting ({detail})")
+        if any(w is Where.UNKNOWN for w in where.values()):
+            raise HostUnreachable(f"cannot rule out a running copy of {it.vm}: {detail}")
+        hv = self._hv(it.dst)
+        try:
+            info = hv.domain(it.vm)
+            if info.reason not in UNREQUESTED:
+                return self._to(it, S.FAILED, f"{it.vm} on {it.dst} is {info.state.value} "
+                                              f"({info.reason.value or 'no reason'}) now: stopped on request, left alone")
+            self._marks.setdefault(it.id, getattr(self.health, "mark_boot", self.health.mark)(it.vm))
+            it = self._to(it, S.MIGRATING, f"starting {it.vm} on {it.dst} (stopped: {info.reason.value})",
+                          attempt=it.attempt + 1, memory_mib=it.memory_mib or info.memory_mib)
+            box[0] = it
+            t0 = self.clock.monotonic()
+            try:
+                hv.start(it.vm)
+            except DrctlError as e:
+                # never undefined: this is the VM's own host and its only definition
+                box[0] = self._to(it, S.FAILED, f"start on {it.dst} failed: {e}")
+                return box[0]
+        finally:
+            close_quietly(hv)
+        audit.emit(events.VM_STARTED_AGAIN, incident=it.incident, intent=it.id, vm=it.vm, host=it.dst,
+                   reason=info.reason.value, boot_ms=int((self.clock.monotonic() - t0) * 1000))
+        return self._to(it, S.VERIFYING, f"started on {it.dst}")
+
     # ---------------------------------------------------------------- helpers
     def _involved(self, it: Intent) -> list[str]:
         """Hosts to ask where the VM runs. A live migration can only have put it on the
         hosts it touched; a restart must rule out every host, or it could start a copy."""
-        if it.kind is IntentKind.RESTART:
+        if it.kind in (IntentKind.RESTART, IntentKind.START):
             return [it.src, it.dst, *it.tried, *sorted(self.uris)]
         return [it.src, it.dst, *it.tried]
 

@@ -30,7 +30,7 @@ def strict_targets() -> list[str]:
 def test_strict_targets_name_the_pure_parts() -> None:
     targets = strict_targets()
     for part in ("drctl.model", "drctl.policy", "drctl.planning", "drctl.control.tick",
-                 "drctl.health.grading", "drctl.runner.convergence"):
+                 "drctl.control.vm_recovery", "drctl.health.grading", "drctl.runner.convergence"):
         assert part in targets
 
 
