@@ -6,8 +6,11 @@ starts. Before the agent publishes anything about its host, it compares every lo
 domain with the VM's placement record (`vms/<vm>`, written by the runner after a
 verified move):
 
-- placement names this host, or there is none, or a move of the VM is in flight: ours,
-  nothing to do;
+- a restart of the VM from this host to another host P is in flight (the runner has not
+  written the placement yet): this host was fenced for it, so it is treated like a
+  placement naming P;
+- placement names this host, or there is none, or another move of the VM is in flight:
+  ours, nothing to do;
 - placement names another host P:
   - an active copy here (running, paused) is stopped, unless P is alive and its latest
     inventory says the VM is *not* running there (then ours is the only copy: the
@@ -20,12 +23,13 @@ Every action is audited (`agent.stale_copy`). docs/health.md describes it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from drctl.audit import events
 from drctl.audit import writer as audit
 from drctl.control.intents import parse_intent, report_unreadable
 from drctl.hypervisor import DomainState, Hypervisor
+from drctl.model.cluster import IntentKind
 from drctl.model.records import PlacementRecord, RecordError, parse_inventory, parse_placement
 from drctl.store import Store
 from drctl.store.keys import Keys
@@ -39,9 +43,10 @@ class ClusterFacts:
     host whether its lease lives and which VMs its inventory lists as active."""
 
     placements: dict[str, PlacementRecord]
-    moving: frozenset[str]
+    moving: frozenset[str]  # VMs with a move in flight (restarts excepted)
     alive: frozenset[str]
     active_on: dict[str, frozenset[str]]  # host -> VMs its inventory lists running/paused
+    restarts: dict[str, tuple[str, str]] = field(default_factory=dict)  # vm -> (src, dst) of a restart in flight
 
 
 def read_facts(store: Store, keys: Keys) -> ClusterFacts:
@@ -49,6 +54,7 @@ def read_facts(store: Store, keys: Keys) -> ClusterFacts:
     kvs, _rev = store.get_prefix(keys.prefix)
     placements: dict[str, PlacementRecord] = {}
     moving: set[str] = set()
+    restarts: dict[str, tuple[str, str]] = {}
     alive: set[str] = set()
     active_on: dict[str, frozenset[str]] = {}
     for kv in kvs:
@@ -58,7 +64,11 @@ def read_facts(store: Store, keys: Keys) -> ClusterFacts:
                 placements[vm] = parse_placement(kv.key, kv.value, vm)
             elif kv.key.startswith(keys.intents_prefix()):
                 intent = parse_intent(kv.key, kv.value, kv.mod_revision)
-                if not intent.state.terminal:
+                if intent.state.terminal:
+                    continue
+                if intent.kind is IntentKind.RESTART:
+                    restarts[intent.vm] = (intent.src, intent.dst)
+                else:
                     moving.add(intent.vm)
             elif kv.key.startswith(keys.hosts_prefix()):
                 parsed = keys.parse_host_key(kv.key)
@@ -72,7 +82,7 @@ def read_facts(store: Store, keys: Keys) -> ClusterFacts:
                     active_on[host] = frozenset(v.name for v in inv.vms if v.state in ("running", "paused"))
         except RecordError as e:
             report_unreadable(e)
-    return ClusterFacts(placements, frozenset(moving), frozenset(alive), active_on)
+    return ClusterFacts(placements, frozenset(moving), frozenset(alive), active_on, restarts)
 
 
 def stale_copies(hv: Hypervisor, host: str, facts: ClusterFacts) -> list[str]:
@@ -80,10 +90,15 @@ def stale_copies(hv: Hypervisor, host: str, facts: ClusterFacts) -> list[str]:
     on another host; one sentence per copy acted on."""
     done: list[str] = []
     for d in hv.list_domains():
-        placement = facts.placements.get(d.name)
-        if placement is None or not placement.host or placement.host == host or d.name in facts.moving:
-            continue
-        owner = placement.host
+        restart = facts.restarts.get(d.name)
+        if restart is not None and restart[0] == host:
+            owner = restart[1]  # restarted elsewhere because this host was fenced
+        else:
+            placement = facts.placements.get(d.name)
+            if (placement is None or not placement.host or placement.host == host or d.name in facts.moving
+                    or restart is not None):
+                continue
+            owner = placement.host
         runs_there = owner in facts.alive and d.name in facts.active_on.get(owner, frozenset())
         actions: list[str] = []
         if d.state in ACTIVE:

@@ -327,6 +327,14 @@ def qemu_pids(cfg: LabConfig, name: str) -> dict[str, int]:
     return out
 
 
+def power_lost(cfg: LabConfig, name: str) -> None:
+    """What a power cut does to a host's /run (a tmpfs): libvirtd's `autostarted` markers go,
+    so its next start is a boot and starts the domains marked autostart. Without this a lab
+    host "powered on" again would only look like a libvirtd restart (no autostart)."""
+    for marker in host_run_dir(cfg, name).glob("*/autostarted"):
+        marker.unlink(missing_ok=True)
+
+
 def stop_host(cfg: LabConfig, rec: HostRecord) -> None:
     """Stop a lab host: its QEMU guests (hard, like a power cut) and its libvirtd."""
     for pid in qemu_pids(cfg, rec.name).values():

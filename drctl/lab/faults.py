@@ -108,6 +108,7 @@ def inject(cfg: LabConfig, host: str, fault: str, echo=print,  # type: ignore[no
         # guests first: a host that loses power loses its VMs at the same instant
         killed = [f"qemu {g}" for g, pid in cluster.qemu_pids(cfg, host).items() if _signal(pid, "qemu", signal.SIGKILL)]
         killed += [name for name, (pid, marker) in procs.items() if _signal(pid, marker, signal.SIGKILL)]
+        cluster.power_lost(cfg, host)
         echo(f"{host}: killed {', '.join(killed) or 'nothing (already down)'}")
     elif fault in ("fence-slow", "fence-fail"):
         delay = DEFAULT_FENCE_DELAY_S if seconds is None else seconds

@@ -146,6 +146,9 @@ class Lab:
         deadline = time.monotonic() + OFF_SETTLE_S
         while self.is_on(host) and time.monotonic() < deadline:
             time.sleep(0.05)
+        from drctl.lab.cluster import power_lost
+
+        power_lost(self.cfg, host)  # its next power-on is a boot: libvirtd autostarts
         return f"killed {', '.join(killed) or 'nothing (already off)'}"
 
     def on(self, host: str) -> str:

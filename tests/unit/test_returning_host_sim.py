@@ -189,3 +189,27 @@ def test_only_copy_is_kept_when_the_placement_host_runs_nothing(world: World) ->
     assert world.running_on("web-1") == ["hv1"]
     stale = [e for e in world.sink.lines if e["event"] == "agent.stale_copy"]
     assert stale[-1]["actions"] == ["kept running"]
+
+
+def test_returned_host_stops_its_copy_while_the_restart_elsewhere_is_still_verifying(world: World) -> None:
+    """Seen on the lab: hv1 came back while the runner was still verifying the restart on
+    hv2 (no placement record yet); its copy, autostarted, kept running next to the new one."""
+    from drctl.control.intents import create_intents, new_intent
+    from dataclasses import replace
+
+    from drctl.model.cluster import IntentKind, IntentState, Move
+
+    world.sim.connect("sim://hv1").set_autostart("web-1", True)
+    world.host_dies("hv1")
+    it = new_intent(Move("web-1", "hv1", "hv2", kind=IntentKind.RESTART), "inc-1", 1, world.clock.now())
+    assert create_intents(world.store, KEYS, [replace(it, state=IntentState.VERIFYING)])
+    hv = world.sim.connect("sim://hv2")
+    hv.define(XML)
+    hv.start("web-1")  # started, not yet verified: no placement record
+    world.drive(2)
+    world.host_returns("hv1")
+    assert world.running_on("web-1") == ["hv1", "hv2"]
+    world.agents["hv1"].tick()
+    assert world.running_on("web-1") == ["hv2"]
+    stale = [e for e in world.sink.lines if e["event"] == "agent.stale_copy"]
+    assert stale[-1]["placement"] == "hv2" and stale[-1]["actions"] == ["stopped", "autostart off", "undefined"]
