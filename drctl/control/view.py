@@ -145,36 +145,33 @@ class RecordClock:
     A record's `ts` is its writer's wall clock: comparing it with ours makes a host whose
     clock is behind look stalled for ever. Instead each read notes every record's etcd mod
     revision (every rewrite changes it, even with the same content) and when, on this
-    reader's own monotonic clock, it last saw it change. Records already there at the first
-    read have an unknown age: a health record counts from then (its lease proves the host
-    lives), a witness report counts as evidence only once seen rewritten.
+    reader's own monotonic clock, it first saw that revision: the record's age is the time
+    since. A record already there at the reader's first read is aged from that read (a
+    lower bound): a new leader trusts what it finds for one staleness threshold, then only
+    what keeps being rewritten.
     """
 
     def __init__(self) -> None:
-        self._seen: dict[tuple[str, str], tuple[int, float, bool]] = {}  # (host, writer) -> rev, since, known
-        self._started = False
+        self._seen: dict[tuple[str, str], tuple[int, float]] = {}  # (host, writer) -> revision, first seen
         self._lock = threading.Lock()
 
     def ages(self, records: ClusterRecords, mono: float) -> dict[str, RecordAges]:
         with self._lock:
-            seen: dict[tuple[str, str], tuple[int, float, bool]] = {}
+            seen: dict[tuple[str, str], tuple[int, float]] = {}
 
-            def age(host: str, writer: str, revision: int) -> float | None:
+            def age(host: str, writer: str, revision: int) -> float:
                 prev = self._seen.get((host, writer))
                 if prev is None or prev[0] != revision:
-                    # changed since the last read, or new since the first one: written just now
-                    prev = (revision, mono, self._started or prev is not None)
+                    prev = (revision, mono)  # rewritten since the last read (or new): age 0
                 seen[(host, writer)] = prev
-                return mono - prev[1] if prev[2] else None
+                return mono - prev[1]
 
             out: dict[str, RecordAges] = {}
             for h in sorted(records.hosts):
                 rec = records.health.get(h)
-                health = age(h, "", rec.revision) if rec is not None else None
-                lower = mono - seen[(h, "")][1] if rec is not None else 0.0
-                wit = {w: age(h, w, r.revision) for w, r in records.witnesses.get(h, {}).items()}
-                out[h] = RecordAges(health if health is not None else lower, wit)
-            self._seen, self._started = seen, True
+                health = age(h, "", rec.revision) if rec is not None else 0.0
+                out[h] = RecordAges(health, {w: age(h, w, r.revision) for w, r in records.witnesses.get(h, {}).items()})
+            self._seen = seen
             return out
 
 

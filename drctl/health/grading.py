@@ -133,15 +133,13 @@ class RecordAges:
     revision change (drctl.control.view.RecordClock). Another machine's clock never enters:
     a host whose clock is behind writes `ts` values that look old to everyone else.
 
-    health: seconds the reader has seen the health record unchanged (a lower bound when
-    the record was already there at the reader's first read).
-    witnesses: witness -> seconds since the reader saw its report rewritten; None when it
-    has not seen it rewritten yet (it was there at the first read: its age is unknown,
-    so it does not count as fresh evidence until the witness writes again).
+    health: seconds the reader has seen the health record unchanged; witnesses: witness ->
+    the same for its report. Both are lower bounds for records that were already there at
+    the reader's first read.
     """
 
     health: float = 0.0
-    witnesses: Mapping[str, float | None] = field(default_factory=dict)
+    witnesses: Mapping[str, float] = field(default_factory=dict)
 
 
 def _age(ts: float, now: float, judged: float | None, ages: RecordAges | None) -> float | None:

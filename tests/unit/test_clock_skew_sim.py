@@ -136,9 +136,10 @@ def test_stalled_agent_is_still_seen_by_its_unchanged_record(skew: float) -> Non
         w.store.close()
 
 
-def test_witness_reports_present_at_the_first_read_wait_for_a_rewrite() -> None:
-    """A new leader cannot know how old a report it finds is: it counts it only once it
-    sees it rewritten, so a report left behind by a stalled witness never confirms a death."""
+def test_a_report_a_witness_stopped_rewriting_stops_counting() -> None:
+    """A report is evidence only while its witness keeps rewriting it: a new leader counts
+    what it finds for one staleness threshold (3 s here), then a stalled witness's last
+    report no longer confirms a death."""
     w = World({})
     try:
         w.drive(3)
@@ -148,10 +149,10 @@ def test_witness_reports_present_at_the_first_read_wait_for_a_rewrite() -> None:
         w.stop_agent("hv3", keep_lease=True)  # hv3's loop stalls with its report in place
         fresh = SharedView(w.store, KEYS, None)  # a leader that starts now
         view = fresh.refresh(w.clock.now(), w.clock.monotonic())
-        assert view.verdicts["hv1"].state is HostState.UNREACHABLE  # nothing seen rewritten yet
-        w.drive(1.5)
+        assert view.verdicts["hv1"].state is HostState.DEAD  # what it finds counts at first
+        w.drive(3.5)
         view = fresh.refresh(w.clock.now(), w.clock.monotonic())
-        assert view.verdicts["hv1"].state is HostState.UNREACHABLE  # hv3's report never changes
+        assert view.verdicts["hv1"].state is HostState.UNREACHABLE  # hv3's report never changed
         assert "only 1 witnesses confirm" in view.verdicts["hv1"].reason
     finally:
         w.store.close()
