@@ -12,9 +12,11 @@ verified move):
 - placement names this host, or there is none, or another move of the VM is in flight:
   ours, nothing to do;
 - placement names another host P:
-  - an active copy here (running, paused) is stopped, unless P is alive and its latest
-    inventory says the VM is *not* running there (then ours is the only copy: the
-    placement record is out of date, reported, left running);
+  - an active copy here (running, paused) is stopped, unless P is alive and its
+    inventory, published after the placement record was written (by etcd revision), says
+    the VM is *not* running there (then ours is the only copy: the placement record is out
+    of date, reported, left running). An older inventory proves nothing (seen on the lab:
+    the new host had not yet published the restarted VM, and the copy here was kept);
   - autostart is switched off on the copy left behind;
   - the copy is undefined only when the VM is verified running on P (P alive, its
     inventory lists it running): a definition is never the last one removed here.
@@ -47,6 +49,8 @@ class ClusterFacts:
     alive: frozenset[str]
     active_on: dict[str, frozenset[str]]  # host -> VMs its inventory lists running/paused
     restarts: dict[str, tuple[str, str]] = field(default_factory=dict)  # vm -> (src, dst) of a restart in flight
+    placement_revision: dict[str, int] = field(default_factory=dict)  # vm -> etcd mod revision
+    inventory_revision: dict[str, int] = field(default_factory=dict)  # host -> etcd mod revision
 
 
 def read_facts(store: Store, keys: Keys) -> ClusterFacts:
@@ -55,6 +59,8 @@ def read_facts(store: Store, keys: Keys) -> ClusterFacts:
     placements: dict[str, PlacementRecord] = {}
     moving: set[str] = set()
     restarts: dict[str, tuple[str, str]] = {}
+    placement_rev: dict[str, int] = {}
+    inventory_rev: dict[str, int] = {}
     alive: set[str] = set()
     active_on: dict[str, frozenset[str]] = {}
     for kv in kvs:
@@ -62,6 +68,7 @@ def read_facts(store: Store, keys: Keys) -> ClusterFacts:
             if kv.key.startswith(keys.vms_prefix()):
                 vm = Keys.last_segment(kv.key)
                 placements[vm] = parse_placement(kv.key, kv.value, vm)
+                placement_rev[vm] = kv.mod_revision
             elif kv.key.startswith(keys.intents_prefix()):
                 intent = parse_intent(kv.key, kv.value, kv.mod_revision)
                 if intent.state.terminal:
@@ -80,9 +87,11 @@ def read_facts(store: Store, keys: Keys) -> ClusterFacts:
                 elif rest == "inventory":
                     inv = parse_inventory(kv.key, kv.value, host)
                     active_on[host] = frozenset(v.name for v in inv.vms if v.state in ("running", "paused"))
+                    inventory_rev[host] = kv.mod_revision
         except RecordError as e:
             report_unreadable(e)
-    return ClusterFacts(placements, frozenset(moving), frozenset(alive), active_on, restarts)
+    return ClusterFacts(placements, frozenset(moving), frozenset(alive), active_on, restarts, placement_rev,
+                        inventory_rev)
 
 
 def stale_copies(hv: Hypervisor, host: str, facts: ClusterFacts) -> list[str]:
@@ -91,7 +100,9 @@ def stale_copies(hv: Hypervisor, host: str, facts: ClusterFacts) -> list[str]:
     done: list[str] = []
     for d in hv.list_domains():
         restart = facts.restarts.get(d.name)
-        if restart is not None and restart[0] == host:
+        fenced_for_it = restart is not None and restart[0] == host
+        if fenced_for_it:
+            assert restart is not None
             owner = restart[1]  # restarted elsewhere because this host was fenced
         else:
             placement = facts.placements.get(d.name)
@@ -101,8 +112,11 @@ def stale_copies(hv: Hypervisor, host: str, facts: ClusterFacts) -> list[str]:
             owner = placement.host
         runs_there = owner in facts.alive and d.name in facts.active_on.get(owner, frozenset())
         actions: list[str] = []
+        # the owner's inventory says it does not run the VM, and was published after the
+        # placement record: only then may ours be the only copy
+        owner_current = facts.inventory_revision.get(owner, 0) > facts.placement_revision.get(d.name, 0)
         if d.state in ACTIVE:
-            if owner in facts.alive and not runs_there:
+            if not fenced_for_it and owner in facts.alive and owner_current and not runs_there:
                 audit.warn(events.AGENT_STALE_COPY, vm=d.name, host=host, placement=owner, state=d.state.value,
                            actions=["kept running"],
                            reason=f"placement names {owner}, which is alive and does not run it: this is the "

@@ -184,6 +184,7 @@ def test_only_copy_is_kept_when_the_placement_host_runs_nothing(world: World) ->
     """A placement record out of date (the VM was moved by hand) never costs the only
     running copy: the owner is alive and does not run it, so ours keeps running."""
     world.store.put(KEYS.vm("web-1"), PlacementRecord("web-1", "hv3").to_json())
+    world.drive(1.5)  # hv3 publishes an inventory after that record: it does not run web-1
     world.agents["hv1"] = world.new_agent("hv1")  # an agent restart (an upgrade)
     world.drive(2)
     assert world.running_on("web-1") == ["hv1"]
@@ -213,3 +214,18 @@ def test_returned_host_stops_its_copy_while_the_restart_elsewhere_is_still_verif
     assert world.running_on("web-1") == ["hv2"]
     stale = [e for e in world.sink.lines if e["event"] == "agent.stale_copy"]
     assert stale[-1]["placement"] == "hv2" and stale[-1]["actions"] == ["stopped", "autostart off", "undefined"]
+
+
+def test_an_inventory_older_than_the_placement_proves_no_copy_is_the_only_one(world: World) -> None:
+    """Seen on the lab: the returning host's check ran before the new host published the
+    restarted VM; the owner's old inventory (not listing it) made the copy look like the
+    only one and it kept running next to the new one."""
+    world.sim.connect("sim://hv1").set_autostart("web-1", True)
+    world.host_dies("hv1")
+    world.running.discard("hv2")  # hv2's agent does not publish again before hv1 returns
+    world.restart_elsewhere("web-1", "hv2")
+    world.host_returns("hv1")
+    world.agents["hv1"].tick()
+    assert world.running_on("web-1") == ["hv2"]
+    stale = [e for e in world.sink.lines if e["event"] == "agent.stale_copy"]
+    assert stale[-1]["actions"] == ["stopped", "autostart off"]  # kept defined: not verified there
