@@ -34,6 +34,7 @@ from drctl.control.tick import (
     OpenIncident,
     RequestFence,
     Resume,
+    TROUBLED,
     Settings,
     UpdateIncident,
     View,
@@ -80,6 +81,7 @@ class LoopState:
     fencing: set[str] | None = None
     duplicates: set[tuple[str, tuple[str, ...]]] = field(default_factory=set)  # reported once each
     short_of_quorum: dict[str, int] = field(default_factory=dict)  # host -> witnesses, reported once
+    troubled_since: dict[str, float] = field(default_factory=dict)  # host -> when it became troubled
 
 
 class ControllerLoop:
@@ -210,6 +212,11 @@ class ControllerLoop:
                                reason=verdicts[h].reason if h in verdicts else "")
                 self.state.state_since[h] = (host.state, now)
             held[h] = now - self.state.state_since[h][1]
+            if host.state in TROUBLED:
+                self.state.troubled_since.setdefault(h, now)
+            else:
+                self.state.troubled_since.pop(h, None)
+        troubled_for = {h: now - t for h, t in self.state.troubled_since.items()}
         self._warn_short_of_quorum(records)
         incidents, recently_closed = self._incidents(cluster, now)
         intents = tuple(IntentView(i.id, i.incident, i.vm, i.src, i.dst, i.state, i.kind)
@@ -217,7 +224,8 @@ class ControllerLoop:
         view = View(snapshot=snap, verdicts=verdicts, held_s=held,
                     incidents=incidents, intents=intents, etcd_healthy=cluster.ok,
                     age_s=cluster.age_s(self.clock.monotonic()),
-                    frozen=self.state.frozen, recently_closed=recently_closed)
+                    frozen=self.state.frozen, recently_closed=recently_closed,
+                    troubled_for_s=troubled_for)
         return view, records, snap
 
     def _warn_short_of_quorum(self, records: ClusterRecords) -> None:

@@ -80,6 +80,10 @@ class View:
     # hosts whose last incident closed within Settings.reopen_after_s, with its outcome:
     # an episode that ended partially (a VM could not be placed) must not reopen every tick
     recently_closed: Mapping[str, str] = field(default_factory=dict)
+    # how long each troubled host has been troubled (any of failing/unreachable/dead, without
+    # a healthy spell between): the blast radius counts only hosts that became troubled within
+    # its window. A host missing here counts as troubled for its `held_s`.
+    troubled_for_s: Mapping[str, float] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------ decisions
@@ -182,11 +186,13 @@ def _freeze_reason(view: View, policy: Policy, settings: Settings) -> str:
         # the limit, not the age: the reason must read the same on every tick it holds,
         # or each tick would freeze anew
         return f"view is stale (older than {settings.stale_after_s:g}s)"
-    # Hosts that failed "at once": more than the blast radius allows is more likely the
-    # network than the hosts (docs/controller.md, "Freezing"). Drains are operator requests: not counted.
-    troubled = [n for n, h in view.snapshot.hosts.items()
-                if h.state in (HostState.DEAD, HostState.UNREACHABLE, HostState.FAILING)]
+    # Hosts that failed "at once": more than the blast radius allows within its window is more
+    # likely the network than the hosts (docs/controller.md, "Freezing"). A host that has been
+    # dead for longer than the window is an old, separate failure: counting it would freeze the
+    # controller for good at the next one. Drains are operator requests: not counted.
     br = policy.blast_radius
+    troubled = [n for n, h in view.snapshot.hosts.items()
+                if h.state in TROUBLED and troubled_for(view, n) <= br.window_s]
     if br.max_hosts is not None and len(troubled) > br.max_hosts:
         return (f"{len(troubled)} hosts in trouble at once ({', '.join(sorted(troubled))}) exceeds the blast "
                 f"radius of {br.max_hosts} host(s): suspect the network; a human must decide")
@@ -196,6 +202,14 @@ def _freeze_reason(view: View, policy: Policy, settings: Settings) -> str:
         return (f"{vms_acted} of {vms_total} VMs on troubled hosts exceeds the blast radius "
                 f"of {br.max_vm_pct:g}%; a human must decide")
     return ""
+
+
+TROUBLED = frozenset({HostState.DEAD, HostState.UNREACHABLE, HostState.FAILING})
+
+
+def troubled_for(view: View, host: str) -> float:
+    """Seconds since `host` became troubled (see View.troubled_for_s)."""
+    return view.troubled_for_s.get(host, view.held_s.get(host, 0.0))
 
 
 def _incident_kind(state: HostState, trigger: TriggerKind) -> IncidentKind:
@@ -357,4 +371,4 @@ def _sentence(out: list[Decision], view: View) -> str:
 
 __all__ = ["tick", "View", "Incident", "IncidentKind", "IncidentPhase", "IntentView", "TickResult",
            "Settings", "Decision", "Freeze", "Resume", "OpenIncident", "UpdateIncident", "RequestFence",
-           "WriteIntents", "CloseIncident", "memory_spread_pct"]
+           "WriteIntents", "CloseIncident", "memory_spread_pct", "TROUBLED", "troubled_for"]

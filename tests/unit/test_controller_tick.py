@@ -177,3 +177,19 @@ def test_dry_run_policy_marks_intents_as_not_to_be_acted_on() -> None:
     r = tick(view(cluster({"h1": HostState.DEGRADED})), dry, NOW)
     assert all(d.dry_run for d in r.decisions if isinstance(d, WriteIntents))
     assert "would write" in r.sentence
+
+
+# ------------------------------------------------------------------ issue 12, case 16: blast radius window
+
+
+def test_host_dead_for_long_plus_one_new_failure_does_not_freeze() -> None:
+    """Only hosts that BECAME troubled within the blast-radius window count: a host dead for
+    an hour plus one fresh failure is one failure at once, not two."""
+    snap = cluster({"h1": HostState.DEAD, "h2": HostState.DEAD})
+    window = POLICY.blast_radius.window_s
+    v = replace(view(snap), troubled_for_s={"h1": window + 3600.0, "h2": 5.0})
+    r = tick(v, POLICY, NOW)
+    assert not r.frozen, r.frozen
+    # two fresh failures within the window are still two at once: freeze
+    both = replace(view(snap), troubled_for_s={"h1": 30.0, "h2": 5.0})
+    assert "2 hosts in trouble" in tick(both, POLICY, NOW).frozen
