@@ -688,11 +688,17 @@ class Runner:
             raise PrecheckFailed(f"no stored definition for {it.vm}")
         where = locate(self._hv, self._involved(it), it.vm)
         running = sorted(h for h, w in where.items() if w is Where.RUNNING)
+        # a paused copy is a copy: a migration's incoming (or stalled outgoing) domain, or a
+        # guest an operator paused, runs again the moment someone resumes it
+        paused = sorted(h for h, w in where.items() if w is Where.PAUSED)
         detail = ", ".join(f"{h}={w.value}" for h, w in sorted(where.items()))
         if it.src in running:
             return self._to(it, S.FAILED, f"{it.vm} still runs on {it.src}: not restarting elsewhere ({detail})")
         if running and running != [it.dst]:
             return self._to(it, S.FAILED, f"{it.vm} already runs on {', '.join(running)} ({detail})")
+        if paused:
+            return self._to(it, S.FAILED, f"{it.vm} is paused on {', '.join(paused)}: a copy that runs again "
+                                          f"when resumed; not restarting ({detail}); a human must look")
         if any(w is Where.UNKNOWN for h, w in where.items() if h != it.src):
             raise HostUnreachable(f"cannot rule out a running copy of {it.vm}: {detail}")
         if running == [it.dst]:  # an earlier attempt started it: never twice

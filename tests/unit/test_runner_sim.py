@@ -352,3 +352,22 @@ def test_prechecks_name_each_failure() -> None:
     for name in ("dest-healthy", "dest-memory", "cpu-compatible", "machine-type"):
         assert name in text
     assert "incoming 600" in text
+
+
+# ------------------------------------------------------------------ issue 12: the restart gate
+
+
+def test_paused_copy_on_another_host_blocks_a_restart(world: World) -> None:
+    """Case 4: a paused (or incoming, mid-migration) copy counts as a copy: resuming it
+    later would run the VM twice."""
+    from drctl.hypervisor import DomainState
+
+    xml = world.vm("db-5", host="h3")
+    world.cluster.hosts["h3"].domains["db-5"].state = DomainState.PAUSED
+    world.store.put(world.keys.vm_definition("db-5"), xml.encode())
+    world.cluster.hosts["h1"].up = False  # fenced
+    it = world.intent("db-5", kind=IntentKind.RESTART, dst="h2", candidates=())
+    done = world.runner().execute(it.id)
+    assert done is not None and done.state is IntentState.FAILED, done and done.reason
+    assert "paused on h3" in done.reason
+    assert "db-5" not in world.cluster.hosts["h2"].domains and not world.events("vm.restarted")
