@@ -156,6 +156,10 @@ FENCE_SUCCEEDED = _ev("fence.succeeded", "A fence agent confirmed the host is of
                       "incident host agent", "detail term")
 FENCE_FAILED = _ev("fence.failed", "A fence agent failed; restarts must not proceed on its word.",
                    "incident host agent error", "term")
+FENCE_PROOF_RECORDED = _ev("fence.proof_recorded", "The leader recorded a host's fence proof: restart intents may name it.",
+                           "incident host proof fence term", "agent detail")
+RESTART_REFUSED = _ev("restart.refused", "A restart was not planned, written or started: its fence proof does not back it.",
+                      "incident vm src reason", "intent proof")
 VM_RESTARTED = _ev("vm.restarted", "A VM of a fenced host was defined and started on another host.",
                    "incident intent vm src dst", "attempt boot_ms")
 VM_VERIFIED = _ev("vm.verified", "Where a VM runs was checked after a move (exactly once, guest alive).",

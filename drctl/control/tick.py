@@ -18,6 +18,7 @@ from typing import Mapping
 
 from drctl.health.grading import HostVerdict
 from drctl.model.cluster import HostState, IntentKind, IntentState, Move, Snapshot
+from drctl.model.proof import FenceProof, FenceBasis, proof_id
 from drctl.policy import Policy
 from drctl.policy.types import Action, EvidenceKind, TriggerKind
 
@@ -84,6 +85,9 @@ class View:
     # a healthy spell between): the blast radius counts only hosts that became troubled within
     # its window. A host missing here counts as troubled for its `held_s`.
     troubled_for_s: Mapping[str, float] = field(default_factory=dict)
+    # host -> its fence proof record (fence-proofs/<host>), as read with the view: the only
+    # thing that lets the tick plan a restart (docs/controller.md, "The restart gate")
+    proofs: Mapping[str, FenceProof] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------ decisions
@@ -118,6 +122,15 @@ class RequestFence:
 
 
 @dataclass(frozen=True)
+class RecordProof:
+    """Write `proof` as the host's fence proof (leader-guarded). The tick asks for it only
+    when the policy waives fencing explicitly; a real fence's proof is written by the loop
+    in the same transaction that records the agent's answer."""
+
+    proof: FenceProof
+
+
+@dataclass(frozen=True)
 class WriteIntents:
     incident: str
     moves: tuple[Move, ...]
@@ -131,7 +144,8 @@ class CloseIncident:
     outcome: str
 
 
-Decision = Freeze | Resume | OpenIncident | UpdateIncident | RequestFence | WriteIntents | CloseIncident
+Decision = (Freeze | Resume | OpenIncident | UpdateIncident | RequestFence | RecordProof | WriteIntents
+            | CloseIncident)
 
 
 @dataclass(frozen=True)
@@ -241,13 +255,13 @@ def _maybe_open(name: str, view: View, policy: Policy, now: float, busy: set[str
 def _progress(inc: Incident, view: View, policy: Policy, now: float, busy: set[str]) -> list[Decision]:
     """Move an open incident on: evidence, fencing, planning, closing."""
     if inc.kind is IncidentKind.RECOVER and inc.phase is IncidentPhase.AWAITING_EVIDENCE:
-        return _recover(inc, view, policy, busy)
+        return _recover(inc, view, policy, now, busy)
     if inc.phase is IncidentPhase.ACTING:
         return _close_if_done(inc, view)
     return []
 
 
-def _recover(inc: Incident, view: View, policy: Policy, busy: set[str]) -> list[Decision]:
+def _recover(inc: Incident, view: View, policy: Policy, now: float, busy: set[str]) -> list[Decision]:
     host = view.snapshot.hosts[inc.host]
     verdict = view.verdicts.get(inc.host, HostVerdict(inc.host, host.state, ""))
     if host.state is not HostState.DEAD:
@@ -262,13 +276,31 @@ def _recover(inc: Incident, view: View, policy: Policy, busy: set[str]) -> list[
             (have if ok else missing).append(kind.value)
     if missing:
         return []  # wait: the verdict says dead but not on the evidence the policy wants
-    if EvidenceKind.FENCE in need and not inc.fenced:
+    evidence = tuple(sorted(set(inc.evidence) | set(have)))
+    proof = incident_proof(view, inc)
+    if proof is None and EvidenceKind.FENCE in need:
+        # `fenced` alone is not enough: without its proof record (an older release's
+        # incident, a record lost or unreadable) fence again; fencing is idempotent
         agent = policy.evidence.fence_agent or ""
-        nxt = replace(inc, phase=IncidentPhase.FENCING, evidence=tuple(sorted(set(inc.evidence) | set(have))))
+        nxt = replace(inc, phase=IncidentPhase.FENCING, evidence=evidence)
         return [UpdateIncident(nxt, f"evidence {', '.join(have)} recorded; fencing {inc.host} with {agent}"),
                 RequestFence(inc.id, inc.host, agent)]
-    nxt = replace(inc, phase=IncidentPhase.ACTING, evidence=tuple(sorted(set(inc.evidence) | set(have))))
+    if proof is None:
+        # the policy waives fencing in so many words (`fence: waived`): record that as the proof
+        waiver = FenceProof(proof_id(inc.id, 0), inc.host, inc.id, 0, evidence, FenceBasis.WAIVED,
+                            detail=f"policy {policy.name} waives fencing", at=now)
+        return [RecordProof(waiver)]
+    nxt = replace(inc, phase=IncidentPhase.ACTING, evidence=evidence)
     return [UpdateIncident(nxt, "evidence complete: " + ", ".join(nxt.evidence)), *_plan(nxt, view, policy, busy)]
+
+
+def incident_proof(view: View, inc: Incident) -> FenceProof | None:
+    """The fence proof that backs `inc`'s restarts, if recorded: the host's current proof,
+    written for this very incident."""
+    proof = view.proofs.get(inc.host)
+    if proof is None or proof.incident != inc.id or proof.host != inc.host:
+        return None
+    return proof
 
 
 def _plan(inc: Incident, view: View, policy: Policy, busy: set[str]) -> list[Decision]:
@@ -276,20 +308,36 @@ def _plan(inc: Incident, view: View, policy: Policy, busy: set[str]) -> list[Dec
 
     snap = policy.apply_groups(view.snapshot)
     rule = next((r for r in policy.actions if r.name == inc.rule), None)
+    state = snap.hosts[inc.host].state
+    # The restart gate: only a recovery whose fence proof is recorded restarts, and only VMs
+    # its rule says to restart. Nothing the operator wrote as live-migrate becomes a restart.
+    proof = incident_proof(view, inc) if inc.kind is IncidentKind.RECOVER else None
     keep: dict[str, str] = {}
+    restartable: list[str] = []
     for vm in snap.vms_on(inc.host):
         spec = rule.action_for(vm) if rule else None
+        says_restart = spec is not None and Action.RESTART in (spec.action, spec.fallback)
         if vm.name in busy:
             keep[vm.name] = "already being moved"
         elif spec is not None and spec.action is Action.LEAVE_ALONE:
             keep[vm.name] = f"rule {rule.name if rule else '?'} leaves it alone"
         elif spec is not None and spec.action is Action.RESTART and host_alive(view, inc.host):
             keep[vm.name] = "restart is only for dead hosts"
+        elif state is HostState.DEAD and not says_restart:
+            keep[vm.name] = (f"rule {inc.rule} says {spec.action.value if spec else 'live-migrate'}, and "
+                             f"{inc.host} is dead: waits for the recovery path")
+        elif state is HostState.DEAD and proof is None:
+            keep[vm.name] = f"{inc.host} is not fenced for {inc.id}: a restart needs its fence proof"
+        elif state is HostState.DEAD:
+            restartable.append(vm.name)
     planned = replace(snap, vms={n: v for n, v in snap.vms.items() if n not in keep})
-    plan = plan_evacuation(planned, [inc.host], policy.rules, policy.limits)
+    plan = plan_evacuation(planned, [inc.host], policy.rules, policy.limits,
+                           restart_from=frozenset({inc.host}) if proof is not None and restartable else frozenset())
+    moves = tuple(replace(m, proof=proof.id) if m.kind is IntentKind.RESTART and proof is not None else m
+                  for m in plan.moves)
     unplaced = tuple((u.vm, "; ".join(f"{h}: {', '.join(r)}" for h, r in sorted(u.reasons.items()))
                      or "no host") for u in plan.unplaced)
-    return [WriteIntents(inc.id, plan.moves, unplaced + tuple(keep.items()), dry_run=policy.dry_run)]
+    return [WriteIntents(inc.id, moves, unplaced + tuple(keep.items()), dry_run=policy.dry_run)]
 
 
 def host_alive(view: View, host: str) -> bool:
@@ -346,6 +394,8 @@ def _sentence(out: list[Decision], view: View) -> str:
             parts.append(f"{d.incident.id}: {d.note}")
         elif isinstance(d, RequestFence):
             parts.append(f"requested fencing of {d.host}")
+        elif isinstance(d, RecordProof):
+            parts.append(f"{d.proof.incident}: recorded fence proof {d.proof.id} ({d.proof.fence.value})")
         elif isinstance(d, WriteIntents):
             verb = "would write" if d.dry_run else "wrote"
             parts.append(f"{verb} {len(d.moves)} intent(s) for {d.incident}"
@@ -370,5 +420,6 @@ def _sentence(out: list[Decision], view: View) -> str:
 
 
 __all__ = ["tick", "View", "Incident", "IncidentKind", "IncidentPhase", "IntentView", "TickResult",
-           "Settings", "Decision", "Freeze", "Resume", "OpenIncident", "UpdateIncident", "RequestFence",
+           "Settings", "Decision", "Freeze", "Resume", "OpenIncident", "UpdateIncident", "RequestFence", "RecordProof",
+           "incident_proof",
            "WriteIntents", "CloseIncident", "memory_spread_pct", "TROUBLED", "troubled_for"]

@@ -23,7 +23,7 @@ from __future__ import annotations
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay, wait_exponential_jitter
 
@@ -40,6 +40,7 @@ from drctl.runner.migration import CopyMode, MigrationJob, Outcome, ProgressCall
 from drctl.model.cluster import EscalationStep, Host, IntentKind, IntentState, Limits
 from drctl.runner.prechecks import CheckPolicy, CheckResult, DomainNeeds, domain_needs, check_destination, failed, gather, summary, tcp_reachable
 from drctl.runner.storage_prep import DirPoolPreparer, StoragePreparer
+from drctl.model.proof import proof_problem
 from drctl.store import Compare, EventKind, Store
 from drctl.store.keys import Keys
 from drctl.runner.verification import (DomainRunning, GuestHealth, Resolution, Where, close_quietly, locate, probe,
@@ -266,10 +267,11 @@ class Runner:
                 it = self._on_verifying(it)
         return it
 
-    def _to(self, it: Intent, to: IntentState, reason: str, **changes: object) -> Intent:
-        """The runner's one door to a state change: under our claim."""
+    def _to(self, it: Intent, to: IntentState, reason: str, *, also: Sequence[Compare] = (),
+            **changes: object) -> Intent:
+        """The runner's one door to a state change: under our claim (and `also`)."""
         return intents.transition(self.store, self.keys, it, to, reason, self.clock.now(),
-                                  guards=[self._guard(it)], by=self.cfg.runner_id, **changes)
+                                  guards=[self._guard(it), *also], by=self.cfg.runner_id, **changes)
 
     def _guard(self, it: Intent) -> Compare:
         return intents.claim_guard(self.keys, it.id, self.cfg.runner_id, self._claims.get(it.id, 0))
@@ -706,11 +708,21 @@ class Runner:
             return self._to(it, S.VERIFYING, "no second start")
         needs = domain_needs(xml)
         self._precheck(it, needs, with_address=False)
+        # The restart gate, last check before define/start: the source's fence proof, read
+        # now, must be the one this intent names; the transition below is guarded on it, so
+        # a proof replaced or removed after this read stops the start.
+        proof, proof_rev = intents.read_proof(self.store, self.keys, it.src)
+        problem = proof_problem(proof, proof_ref=it.proof, host=it.src, incident=it.incident)
+        if problem:
+            audit.warn(events.RESTART_REFUSED, incident=it.incident, intent=it.id, vm=it.vm, src=it.src,
+                       reason=problem, proof=it.proof or None)
+            return self._to(it, S.FAILED, f"restart refused: {problem}; nothing started")
         # a restart is a fresh boot: health implementations that can tell one apart
         # (console ticks start again from 1) get to mark it as such
         self._marks.setdefault(it.id, getattr(self.health, "mark_boot", self.health.mark)(it.vm))
-        it = self._to(it, S.MIGRATING, f"restarting on {it.dst} from the stored definition",
-                      attempt=it.attempt + 1, memory_mib=it.memory_mib or needs.memory_mib, definition=xml)
+        it = self._to(it, S.MIGRATING, f"restarting on {it.dst} from the stored definition (proof {it.proof})",
+                      also=[intents.proof_guard(self.keys, it.src, proof_rev)], attempt=it.attempt + 1,
+                      memory_mib=it.memory_mib or needs.memory_mib, definition=xml)
         box[0] = it
         t0 = self.clock.monotonic()
         hv = self._hv(it.dst)

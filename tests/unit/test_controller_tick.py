@@ -20,6 +20,7 @@ from drctl.control.tick import (
 )
 from drctl.health.grading import HostVerdict
 from drctl.model.cluster import VM, Host, HostState, IntentKind, IntentState, Snapshot
+from drctl.model.proof import FenceProof, FenceBasis
 from drctl.policy import compile_policy
 
 POLICY = compile_policy(
@@ -126,7 +127,8 @@ def test_dead_host_is_fenced_before_anything_restarts() -> None:
     # the loop fenced it: the next tick restarts its VMs, except the pinned one
     fenced = replace(fencing, fenced=True, phase=IncidentPhase.AWAITING_EVIDENCE,
                      evidence=(*fencing.evidence, "fence"))
-    r2 = tick(view(snap, verdicts=verdicts, incidents={fenced.id: fenced}), POLICY, NOW + 1)
+    proof = FenceProof(f"{fenced.id}@4", "h1", fenced.id, 4, fenced.evidence, FenceBasis.OFF, "lab")
+    r2 = tick(view(snap, verdicts=verdicts, incidents={fenced.id: fenced}, proofs={"h1": proof}), POLICY, NOW + 1)
     writes = [d for d in r2.decisions if isinstance(d, WriteIntents)]
     assert len(writes) == 1
     assert {m.vm for m in writes[0].moves} == {"web-1", "web-2"}
@@ -193,3 +195,66 @@ def test_host_dead_for_long_plus_one_new_failure_does_not_freeze() -> None:
     # two fresh failures within the window are still two at once: freeze
     both = replace(view(snap), troubled_for_s={"h1": 30.0, "h2": 5.0})
     assert "2 hosts in trouble" in tick(both, POLICY, NOW).frozen
+
+
+# ------------------------------------------------------------------ issue 12, case 1: the restart gate
+
+DR_POLICY = compile_policy(
+    """
+version: 1
+name: dr
+rules:
+  - name: drain  # before the dead rule, as in deploy/lab/lab-policy.yaml
+    when: {maintenance: requested}
+    action: live-migrate
+  - name: restart-dead
+    when: {state: dead, for: 0s}
+    action: restart
+  - name: drain-unreachable
+    when: {state: unreachable, for: 0s}
+    action: live-migrate
+evidence:
+  require: [lease-expired, witnesses, fence]
+  fence_agent: lab
+""",
+    "dr.yaml",
+)
+
+
+def _restarts(r) -> list:  # type: ignore[no-untyped-def]
+    return [m for d in r.decisions if isinstance(d, WriteIntents) for m in d.moves if m.kind is IntentKind.RESTART]
+
+
+def test_live_migrate_rule_on_an_unreachable_host_never_restarts() -> None:
+    """disaster-recovery.yaml's drain-unreachable rule says live-migrate: its VMs may still run."""
+    r = tick(view(cluster({"h1": HostState.UNREACHABLE})), DR_POLICY, NOW)
+    assert [d for d in r.decisions if isinstance(d, OpenIncident)], r.sentence
+    assert _restarts(r) == []
+
+
+def test_drain_of_a_dead_host_restarts_nothing_without_a_fence() -> None:
+    """A drain requested for a host whose agent died: its VMs wait for the recovery path."""
+    snap = cluster({"h2": HostState.DEAD}, maintenance="h2")
+    r = tick(view(snap), DR_POLICY, NOW)
+    assert _restarts(r) == []
+    assert not [d for d in r.decisions if isinstance(d, WriteIntents) and d.moves]
+
+
+def test_recover_restarts_only_with_this_incidents_fence_proof() -> None:
+    snap = cluster({"h1": HostState.DEAD})
+    verdicts = {n: HostVerdict(n, h.state, "", lease_present=h.state is not HostState.DEAD,
+                               witnesses_confirm_down=h.state is HostState.DEAD) for n, h in snap.hosts.items()}
+    inc = Incident("inc-h1-1", IncidentKind.RECOVER, "h1", "restart-dead", "dr", NOW - 5,
+                   IncidentPhase.AWAITING_EVIDENCE, evidence=("fence", "lease-expired", "witnesses"), fenced=True)
+    # the incident says "fenced", but no proof record backs it: fence again, restart nothing
+    r = tick(view(snap, verdicts=verdicts, incidents={inc.id: inc}), DR_POLICY, NOW)
+    assert _restarts(r) == [] and [d for d in r.decisions if isinstance(d, RequestFence)]
+    # a proof from an older incident of the same host backs nothing either
+    old = FenceProof("inc-h1-0@3", "h1", "inc-h1-0", 3, ("lease-expired",), FenceBasis.OFF, "lab")
+    r = tick(view(snap, verdicts=verdicts, incidents={inc.id: inc}, proofs={"h1": old}), DR_POLICY, NOW)
+    assert _restarts(r) == []
+    proof = FenceProof("inc-h1-1@4", "h1", inc.id, 4, ("lease-expired", "witnesses"), FenceBasis.OFF, "lab")
+    r = tick(view(snap, verdicts=verdicts, incidents={inc.id: inc}, proofs={"h1": proof}), DR_POLICY, NOW)
+    moves = _restarts(r)
+    assert {m.vm for m in moves} == {"web-1", "web-2", "pin-1"}
+    assert all(m.proof == proof.id for m in moves)
