@@ -316,10 +316,16 @@ class ControllerLoop:
         if d.host in (self.state.fencing or set()):
             return
         agent = self.fence_agents.get(d.agent)
+        if not d.agent and len(self.fence_agents) == 1:  # the policy names none: the only one there is
+            (name, agent), = self.fence_agents.items()
+            d = replace(d, agent=name)
         inc = self._incident(d.incident)  # just written by this tick's UpdateIncident
         audit.emit(events.FENCE_REQUESTED, incident=d.incident, host=d.host, agent=d.agent, term=lead.term)
         if agent is None:
-            self._needs_human(lead, d, inc, f"no fence agent named {d.agent!r} is configured")
+            why = (f"no fence agent named {d.agent!r} is configured" if d.agent else
+                   f"the policy requires a fence and names no fence_agent; the controller has "
+                   f"{len(self.fence_agents) or 'no'} fence agent(s) configured")
+            self._needs_human(lead, d, inc, why)
             return
         if inc is None:
             return  # not written (we were deposed): the next leader decides again

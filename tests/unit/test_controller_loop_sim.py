@@ -30,6 +30,7 @@ rules:
     action: restart
 evidence:
   require: [lease-expired, witnesses]
+  fence: waived
 limits:
   blast_radius: {max_hosts: 1}
 """,
