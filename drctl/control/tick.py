@@ -323,6 +323,8 @@ def _plan(inc: Incident, view: View, policy: Policy, busy: set[str]) -> list[Dec
             keep[vm.name] = f"rule {rule.name if rule else '?'} leaves it alone"
         elif spec is not None and spec.action is Action.RESTART and host_alive(view, inc.host):
             keep[vm.name] = "restart is only for dead hosts"
+        elif spec is not None and spec.action is Action.RESTART and state is not HostState.DEAD:
+            keep[vm.name] = f"{inc.host} is {state.value}: a restart waits until it is dead and fenced"
         elif state is HostState.DEAD and not says_restart:
             keep[vm.name] = (f"rule {inc.rule} says {spec.action.value if spec else 'live-migrate'}, and "
                              f"{inc.host} is dead: waits for the recovery path")
