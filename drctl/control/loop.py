@@ -292,7 +292,11 @@ class ControllerLoop:
                         audit.emit(events.EVIDENCE_RECORDED, incident=inc.id, host=inc.host, kind=events.EvidenceSource.VERDICT,
                                    detail=piece)
         elif isinstance(d, UpdateIncident):
-            self._write(lead, self.keys.incident(d.incident.id), incident_to_json(d.incident))
+            before = view.incidents.get(d.incident.id)
+            if (self._write(lead, self.keys.incident(d.incident.id), incident_to_json(d.incident))
+                    and before is not None and before.kind is not d.incident.kind):
+                audit.warn(events.INCIDENT_KIND_CHANGED, incident=d.incident.id, host=d.incident.host,
+                           **{"from": before.kind.value, "to": d.incident.kind.value}, reason=d.note, term=lead.term)
         elif isinstance(d, RequestFence):
             self._fence(d, lead, view)
         elif isinstance(d, RecordProof):
@@ -480,7 +484,8 @@ class ControllerLoop:
                 ledger.reserve(vm, m.dst)
             params = IntentParams.from_limits(self.policy.limits, copy_storage=bool(vm and vm.local_disk_gib))
             built.append(new_intent(m, d.incident, lead.term, now, params, candidates=eligible,
-                                    memory_mib=vm.memory_mib if vm else 0, intent_id=f"{d.incident}-{m.vm}"))
+                                    memory_mib=vm.memory_mib if vm else 0,
+                                    intent_id=f"{d.incident}-{m.vm}" + (f"-r{d.round}" if d.round > 1 else "")))
         for vm_name, why in d.unplaced:
             audit.warn(events.PLACEMENT_FAILED, incident=d.incident, vm=vm_name,
                        src=snap.vms[vm_name].host if vm_name in snap.vms else "", candidates=[], reason=why)

@@ -20,7 +20,7 @@ from drctl.health.grading import HostVerdict
 from drctl.model.cluster import HostState, IntentKind, IntentState, Move, Snapshot
 from drctl.model.proof import FenceProof, FenceBasis, proof_id
 from drctl.policy import Policy
-from drctl.policy.types import Action, EvidenceKind, TriggerKind
+from drctl.policy.types import Action, EvidenceKind, Rule, TriggerKind
 
 
 class IncidentKind(str, Enum):
@@ -53,6 +53,8 @@ class Incident:
     intents: tuple[str, ...] = ()
     closed_at: float | None = None
     outcome: str = ""
+    rounds: int = 0  # plans written so far: drains and recoveries plan again while VMs are left
+    planned_at: float = 0.0  # when the last round was planned (back-off counts from it)
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,7 @@ class WriteIntents:
     moves: tuple[Move, ...]
     unplaced: tuple[tuple[str, str], ...] = ()  # (vm, why), for the audit trail
     dry_run: bool = False
+    round: int = 1  # the incident's planning round: intent ids of later rounds carry it
 
 
 @dataclass(frozen=True)
@@ -160,6 +163,15 @@ class Settings:
     stale_after_s: float = 10.0  # a view older than this freezes the controller
     reopen_after_s: float = 60.0  # a host's next incident waits this long after its last closed
     quorum: int | None = None  # witnesses; None = the policy's (or a majority)
+    # drains and recoveries plan again while their host still holds VMs: after this long,
+    # doubling each round up to replan_max_s, at most max_rounds plans per incident
+    replan_after_s: float = 5.0
+    replan_max_s: float = 60.0
+    max_rounds: int = 6
+
+    def backoff_s(self, rounds: int) -> float:
+        """How long after round `rounds` was planned the next may be."""
+        return float(min(self.replan_after_s * 2.0 ** max(rounds - 1, 0), self.replan_max_s))
 
 
 ETCD_UNHEALTHY = "etcd is unhealthy"  # the freeze reason while the view cannot be read
@@ -182,9 +194,9 @@ def tick(view: View, policy: Policy, now: float, settings: Settings = Settings()
     for name in sorted(view.snapshot.hosts):
         inc = open_by_host.get(name)
         if inc is not None:
-            out.extend(_progress(inc, view, policy, now, busy_vms))
+            out.extend(_progress(inc, view, policy, now, busy_vms, settings))
         else:
-            out.extend(_maybe_open(name, view, policy, now, busy_vms))
+            out.extend(_maybe_open(name, view, policy, now, busy_vms, settings))
     if not view.incidents and not any(isinstance(d, OpenIncident) for d in out):
         out.extend(_maybe_rebalance(view, policy, now, busy_vms))
     for inc in view.incidents.values():
@@ -232,9 +244,24 @@ def _incident_kind(state: HostState, trigger: TriggerKind) -> IncidentKind:
     return IncidentKind.RECOVER if state is HostState.DEAD else IncidentKind.EVACUATE
 
 
-def _maybe_open(name: str, view: View, policy: Policy, now: float, busy: set[str]) -> list[Decision]:
+def _recovery_rule(view: View, policy: Policy, host: str, now: float) -> Rule | None:
+    """The first rule on this host's `dead` state that holds now: a dead host is recovered
+    by it even when an earlier rule (a drain) also matches."""
+    h = view.snapshot.hosts[host]
+    for rule in policy.actions:
+        t = rule.trigger
+        if (t.kind is TriggerKind.STATE and rule.hosts.matches(h) and t.in_window(now)
+                and t.holds_for(h, HostState.DEAD, view.held_s.get(host, 0.0))):
+            return rule
+    return None
+
+
+def _maybe_open(name: str, view: View, policy: Policy, now: float, busy: set[str],
+                settings: Settings) -> list[Decision]:
     host = view.snapshot.hosts[name]
     rule = policy.rule_for(host, host.state, view.held_s.get(name, 0.0), now)
+    if host.state is HostState.DEAD:
+        rule = _recovery_rule(view, policy, name, now) or rule
     if rule is None or rule.trigger.kind is TriggerKind.IMBALANCE:
         return []
     if not view.snapshot.vms_on(name) or name in view.recently_closed:
@@ -244,21 +271,57 @@ def _maybe_open(name: str, view: View, policy: Policy, now: float, busy: set[str
     reason = f"{name} {host.state.value}" + (f" ({verdict.reason})" if verdict.reason else "")
     if kind is IncidentKind.DRAIN:
         reason = f"{name}: maintenance requested"
+    if rule.trigger.kind is TriggerKind.STATE and host.state is HostState.DEAD:
+        kind = IncidentKind.RECOVER
     inc = Incident(id=f"inc-{name}-{int(now * 1000)}", kind=kind, host=name, rule=rule.name,
                    policy=policy.name, opened_at=now, phase=IncidentPhase.ACTING, reason=reason)
     if kind is IncidentKind.RECOVER:
         inc = replace(inc, phase=IncidentPhase.AWAITING_EVIDENCE)
-        return [OpenIncident(inc), *_progress(inc, view, policy, now, busy)]
+        return [OpenIncident(inc), *_progress(inc, view, policy, now, busy, settings)]
+    inc = replace(inc, rounds=1, planned_at=now)
     return [OpenIncident(inc), *_plan(inc, view, policy, busy)]
 
 
-def _progress(inc: Incident, view: View, policy: Policy, now: float, busy: set[str]) -> list[Decision]:
-    """Move an open incident on: evidence, fencing, planning, closing."""
+def _progress(inc: Incident, view: View, policy: Policy, now: float, busy: set[str],
+              settings: Settings) -> list[Decision]:
+    """Move an open incident on: evidence, fencing, planning, re-planning, closing."""
+    host = view.snapshot.hosts[inc.host]
+    if inc.kind in (IncidentKind.EVACUATE, IncidentKind.DRAIN) and host.state is HostState.DEAD:
+        return _become_recovery(inc, view, policy, now, busy, settings)
     if inc.kind is IncidentKind.RECOVER and inc.phase is IncidentPhase.AWAITING_EVIDENCE:
         return _recover(inc, view, policy, now, busy)
-    if inc.phase is IncidentPhase.ACTING:
-        return _close_if_done(inc, view)
-    return []
+    if inc.phase is not IncidentPhase.ACTING:
+        return []
+    mine = [i for i in view.intents if i.incident == inc.id]
+    if any(not i.state.terminal for i in mine):
+        return []
+    if inc.kind is IncidentKind.DRAIN and not host.maintenance:
+        done = sum(1 for i in mine if i.state is IntentState.DONE)
+        return [CloseIncident(inc.id, f"maintenance request withdrawn (undrain); {done} of {len(mine)} VM(s) "
+                                      f"moved, {len(view.snapshot.vms_on(inc.host))} left on {inc.host}")]
+    if inc.kind in (IncidentKind.DRAIN, IncidentKind.RECOVER) and view.snapshot.vms_on(inc.host):
+        if inc.rounds < settings.max_rounds:
+            if now - inc.planned_at < settings.backoff_s(inc.rounds):
+                return []  # back off before the next round
+            nxt = replace(inc, rounds=inc.rounds + 1, planned_at=now)
+            left = ", ".join(v.name for v in view.snapshot.vms_on(inc.host))
+            return [UpdateIncident(nxt, f"round {nxt.rounds}: {inc.host} still holds {left}"),
+                    *_plan(nxt, view, policy, busy)]
+    return _close_if_done(inc, view, final=True)
+
+
+def _become_recovery(inc: Incident, view: View, policy: Policy, now: float, busy: set[str],
+                     settings: Settings) -> list[Decision]:
+    """The host of an evacuation or drain died: its parked migrations will never finish and
+    only a recovery (evidence, fence, restart) brings its VMs back. Same incident, so its
+    intents stay counted; the policy's rule for dead hosts takes over."""
+    rule = _recovery_rule(view, policy, inc.host, now)
+    if rule is None:
+        return []  # no rule restarts from this dead host (or not yet held long enough): wait
+    nxt = replace(inc, kind=IncidentKind.RECOVER, rule=rule.name, phase=IncidentPhase.AWAITING_EVIDENCE,
+                  reason=f"{inc.reason}; {inc.host} died during the {inc.kind.value}")
+    return [UpdateIncident(nxt, f"{inc.host} is dead: the {inc.kind.value} becomes a recovery ({rule.name})"),
+            *_recover(nxt, view, policy, now, busy)]
 
 
 def _recover(inc: Incident, view: View, policy: Policy, now: float, busy: set[str]) -> list[Decision]:
@@ -290,7 +353,7 @@ def _recover(inc: Incident, view: View, policy: Policy, now: float, busy: set[st
         waiver = FenceProof(proof_id(inc.id, 0), inc.host, inc.id, 0, evidence, FenceBasis.WAIVED,
                             detail=f"policy {policy.name} waives fencing", at=now)
         return [RecordProof(waiver)]
-    nxt = replace(inc, phase=IncidentPhase.ACTING, evidence=evidence)
+    nxt = replace(inc, phase=IncidentPhase.ACTING, evidence=evidence, rounds=inc.rounds + 1, planned_at=now)
     return [UpdateIncident(nxt, "evidence complete: " + ", ".join(nxt.evidence)), *_plan(nxt, view, policy, busy)]
 
 
@@ -339,22 +402,27 @@ def _plan(inc: Incident, view: View, policy: Policy, busy: set[str]) -> list[Dec
                   for m in plan.moves)
     unplaced = tuple((u.vm, "; ".join(f"{h}: {', '.join(r)}" for h, r in sorted(u.reasons.items()))
                      or "no host") for u in plan.unplaced)
-    return [WriteIntents(inc.id, moves, unplaced + tuple(keep.items()), dry_run=policy.dry_run)]
+    return [WriteIntents(inc.id, moves, unplaced + tuple(keep.items()), dry_run=policy.dry_run,
+                         round=max(inc.rounds, 1))]
 
 
 def host_alive(view: View, host: str) -> bool:
     return view.snapshot.hosts[host].state.alive
 
 
-def _close_if_done(inc: Incident, view: View) -> list[Decision]:
+def _close_if_done(inc: Incident, view: View, final: bool = False) -> list[Decision]:
+    """Close once every intent is finished. A drain or recovery gets here (`final`) only when
+    its host holds no VM or its rounds are used up; it then names the VMs left behind."""
     mine = [i for i in view.intents if i.incident == inc.id]
     if any(not i.state.terminal for i in mine):
         return []
-    if inc.kind is IncidentKind.DRAIN and view.snapshot.vms_on(inc.host):
-        return []  # a drain ends when the host is empty (the next tick may plan the rest)
-    done = sum(1 for i in mine if i.state is IntentState.DONE)
-    failed = [i.vm for i in mine if i.state is not IntentState.DONE]
-    outcome = f"{done} of {len(mine)} VM(s) moved" + (f"; not moved: {', '.join(sorted(failed))}" if failed else "")
+    done_vms = {i.vm for i in mine if i.state is IntentState.DONE}
+    failed = sorted({i.vm for i in mine} - done_vms)
+    outcome = f"{len(done_vms)} of {len(done_vms) + len(failed)} VM(s) moved" + (
+        f"; not moved: {', '.join(failed)}" if failed else "")
+    left = [v.name for v in view.snapshot.vms_on(inc.host)] if inc.host else []
+    if final and left and inc.kind in (IncidentKind.DRAIN, IncidentKind.RECOVER):
+        outcome += f"; gave up after {inc.rounds} round(s) with {', '.join(left)} still on {inc.host}"
     return [CloseIncident(inc.id, outcome)]
 
 

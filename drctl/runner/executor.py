@@ -75,6 +75,10 @@ class RunnerConfig:
     retry_max_s: float = 15.0
     retry_total_s: float = 120.0
     resolve_attempts: int = 4  # lookups of where a VM runs before parking the intent
+    # a migration parked with its source unknown and nothing on the destination fails after
+    # this long in `migrating` (intent.park_expired): the source is dead or cut off, and only
+    # the controller's recovery (fence, restart) can bring the VM back
+    park_deadline_s: float = 60.0
     watch: WatchConfig = WatchConfig()
     checks: CheckPolicy = CheckPolicy()
     reserved_mib: Mapping[str, int] = field(default_factory=dict)  # per host, kept back from placement
@@ -477,12 +481,14 @@ class Runner:
                                     wait=wait_exponential_jitter(multiplier=1, max=8), sleep=self.clock.sleep,
                                     reraise=True, before_sleep=audit.retry_scheduled):
                 with attempt:
-                    res, detail = resolve(locate(self._hv, self._involved(it), it.vm), it.src, it.dst)
+                    where = locate(self._hv, self._involved(it), it.vm)
+                    res, detail = resolve(where, it.src, it.dst)
                     if res is Resolution.UNKNOWN:
                         raise OutcomeUnknown(detail)
                     return res, detail
         except OutcomeUnknown as e:
             audit.warn(events.INTENT_OUTCOME_UNKNOWN, intent=it.id, vm=it.vm, detail=str(e))
+            self._escalate_if_parked_too_long(it, where, str(e))
             raise _Park() from e
         raise AssertionError("unreachable")
 
@@ -587,6 +593,24 @@ class Runner:
             return False
         finally:
             close_quietly(dst)
+
+    def _escalate_if_parked_too_long(self, it: Intent, where: Mapping[str, Where], detail: str) -> None:
+        """Source unknown and nothing anywhere else: the source died (or is cut off) mid-
+        migration. Past `park_deadline_s` in `migrating`, fail the intent and say so: the
+        VM is then the dead host's to recover (fence + restart), which the controller does;
+        waiting longer would keep it from that for ever."""
+        others = [w for h, w in where.items() if h != it.src]
+        if (it.kind is not IntentKind.MIGRATE or it.state is not S.MIGRATING
+                or where.get(it.src) is not Where.UNKNOWN
+                or any(w not in (Where.ABSENT, Where.STOPPED) for w in others)):
+            return
+        parked_s = self.clock.now() - it.updated
+        if parked_s < self.cfg.park_deadline_s:
+            return
+        audit.warn(events.INTENT_PARK_EXPIRED, incident=it.incident, intent=it.id, vm=it.vm, src=it.src, dst=it.dst,
+                   parked_s=round(parked_s, 1), detail=detail)
+        self._to(it, S.FAILED, f"parked {parked_s:.0f}s with {it.src} not answering and {it.vm} on no other host "
+                               f"({detail}): given up; the recovery of {it.src} restarts it once fenced")
 
     # ---------------------------------------------------------------- resumed in migrating
     def _on_migrating_resumed(self, it: Intent) -> Intent:

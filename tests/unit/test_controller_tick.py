@@ -258,3 +258,77 @@ def test_recover_restarts_only_with_this_incidents_fence_proof() -> None:
     moves = _restarts(r)
     assert {m.vm for m in moves} == {"web-1", "web-2", "pin-1"}
     assert all(m.proof == proof.id for m in moves)
+
+
+# ------------------------------------------------------------------ issue 12, cases 8 and 9: incidents never stuck
+
+
+def _dead_verdicts(snap):  # type: ignore[no-untyped-def]
+    return {n: HostVerdict(n, h.state, "", lease_present=h.state is not HostState.DEAD,
+                           witnesses_confirm_down=h.state is HostState.DEAD) for n, h in snap.hosts.items()}
+
+
+def test_evacuation_whose_host_dies_turns_into_recovery() -> None:
+    """Case 8: the source died mid-evacuation; its migrations are parked (source unknown,
+    destination absent). The incident must become a recovery: evidence, fence, restart."""
+    snap = cluster({"h1": HostState.DEAD})
+    inc = Incident("inc-h1-1", IncidentKind.EVACUATE, "h1", "evacuate-degraded", "test", NOW - 30,
+                   IncidentPhase.ACTING, intents=("i1", "i2"), rounds=1, planned_at=NOW - 30)
+    parked = (IntentView("i1", inc.id, "web-1", "h1", "h2", IntentState.MIGRATING),
+              IntentView("i2", inc.id, "web-2", "h1", "h3", IntentState.MIGRATING))
+    r = tick(view(snap, verdicts=_dead_verdicts(snap), incidents={inc.id: inc}, intents=parked), POLICY, NOW)
+    updates = [d for d in r.decisions if isinstance(d, UpdateIncident)]
+    assert updates and updates[0].incident.kind is IncidentKind.RECOVER, r.sentence
+    assert updates[0].incident.rule == "restart-dead"
+    assert [d for d in r.decisions if isinstance(d, RequestFence)]
+
+
+def test_recovery_restarts_the_vms_whose_migrations_were_given_up_on() -> None:
+    """Case 8: once the parked migrations escalate (failed), the fenced recovery restarts
+    every VM still on the host, on its next round."""
+    snap = cluster({"h1": HostState.DEAD})
+    inc = Incident("inc-h1-1", IncidentKind.RECOVER, "h1", "restart-dead", "test", NOW - 100,
+                   IncidentPhase.ACTING, evidence=("fence", "lease-expired", "witnesses"), fenced=True,
+                   intents=("i1",), rounds=1, planned_at=NOW - 100)
+    proof = FenceProof(f"{inc.id}@4", "h1", inc.id, 4, ("lease-expired", "witnesses"), FenceResult.OFF, "lab")
+    failed = (IntentView("i1", inc.id, "web-1", "h1", "h2", IntentState.FAILED),)
+    r = tick(view(snap, verdicts=_dead_verdicts(snap), incidents={inc.id: inc}, intents=failed,
+                  proofs={"h1": proof}), POLICY, NOW)
+    moves = _restarts(r)
+    assert {m.vm for m in moves} == {"web-1", "web-2"} and all(m.proof == proof.id for m in moves)
+    assert not [d for d in r.decisions if isinstance(d, CloseIncident)]
+
+
+def test_drain_is_replanned_with_back_off_while_the_host_holds_vms() -> None:
+    """Case 9: a drain whose migration failed (or whose VM was unplaced) tries again."""
+    snap = cluster(maintenance="h2")
+    inc = Incident("inc-h2-1", IncidentKind.DRAIN, "h2", "drain", "test", NOW - 20, IncidentPhase.ACTING,
+                   intents=("i1",), rounds=1, planned_at=NOW - 1)
+    failed = (IntentView("i1", inc.id, "db-1", "h2", "h3", IntentState.FAILED),)
+    soon = tick(view(snap, incidents={inc.id: inc}, intents=failed), POLICY, NOW)
+    assert soon.decisions == ()  # backing off
+    later = tick(view(snap, incidents={inc.id: inc}, intents=failed), POLICY, NOW + 60)
+    writes = [d for d in later.decisions if isinstance(d, WriteIntents)]
+    assert writes and [m.vm for m in writes[0].moves] == ["db-1"] and writes[0].round == 2
+    bumped = [d.incident for d in later.decisions if isinstance(d, UpdateIncident)]
+    assert bumped and bumped[0].rounds == 2 and bumped[0].planned_at == NOW + 60
+
+
+def test_drain_gives_up_after_its_rounds_and_says_what_is_left() -> None:
+    snap = cluster(maintenance="h2")
+    inc = Incident("inc-h2-1", IncidentKind.DRAIN, "h2", "drain", "test", NOW - 900, IncidentPhase.ACTING,
+                   intents=("i1",), rounds=99, planned_at=NOW - 600)
+    failed = (IntentView("i1", inc.id, "db-1", "h2", "h3", IntentState.FAILED),)
+    r = tick(view(snap, incidents={inc.id: inc}, intents=failed), POLICY, NOW)
+    closes = [d for d in r.decisions if isinstance(d, CloseIncident)]
+    assert closes and "db-1" in closes[0].outcome
+
+
+def test_undrain_closes_the_drain_incident() -> None:
+    snap = cluster()  # the maintenance request is gone
+    inc = Incident("inc-h2-1", IncidentKind.DRAIN, "h2", "drain", "test", NOW - 20, IncidentPhase.ACTING,
+                   intents=("i1",), rounds=1, planned_at=NOW - 20)
+    failed = (IntentView("i1", inc.id, "db-1", "h2", "h3", IntentState.FAILED),)
+    r = tick(view(snap, incidents={inc.id: inc}, intents=failed), POLICY, NOW)
+    closes = [d for d in r.decisions if isinstance(d, CloseIncident)]
+    assert closes and "undrain" in closes[0].outcome

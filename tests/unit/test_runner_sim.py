@@ -411,3 +411,21 @@ def test_restart_whose_proof_was_replaced_or_removed_starts_nothing(world: World
     done2 = world.runner().execute(again.id)
     assert done2 is not None and done2.state is IntentState.FAILED and "no fence proof" in done2.reason
     assert world.cluster.where("db-7") == [] and not world.events("vm.restarted")
+
+
+def test_parked_migration_whose_source_died_escalates_after_its_deadline(world: World) -> None:
+    """Case 8: source unknown + destination absent parks the intent; past the deadline it
+    fails with an audit event, so the VM is not held by a migration that will never end
+    (the controller's recovery of the dead host restarts it)."""
+    world.vm("web-9")
+    it = world.intent("web-9")
+    it = intents.transition(world.store, world.keys, it, IntentState.CHECKING, "test", world.clock.now())
+    it = intents.transition(world.store, world.keys, it, IntentState.MIGRATING, "test", world.clock.now())
+    world.cluster.hosts["h1"].up = False  # the source died mid-migration; nothing arrived on h2
+    first = world.runner().execute(it.id)
+    assert first is not None and first.state is IntentState.MIGRATING  # parked: cannot tell yet
+    world.clock.advance(world.cfg.park_deadline_s + 1)
+    later = world.runner().execute(it.id)
+    assert later is not None and later.state is IntentState.FAILED, later and later.reason
+    assert "parked" in later.reason and world.events("intent.park_expired")
+    assert world.cluster.where("web-9") == ["h1"]  # the sim keeps the dead host's domain; no other copy
