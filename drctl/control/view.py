@@ -51,7 +51,8 @@ def parse_incident(key: str, raw: bytes) -> Incident:
                     policy=r.text("policy", ""), opened_at=r.number("opened_at", 0.0),
                     phase=r.enum("phase", IncidentPhase), reason=r.text("reason", ""), evidence=r.texts("evidence"),
                     fenced=r.flag("fenced", False), intents=r.texts("intents"), closed_at=closed_at,
-                    outcome=r.text("outcome", ""))
+                    outcome=r.text("outcome", ""), rounds=r.integer("rounds", 0),
+                    planned_at=r.number("planned_at", 0.0))
 
 
 # ---------------------------------------------------------------- records at one revision

@@ -223,3 +223,13 @@ def test_drain_of_a_host_that_died_writes_no_restart(cluster: Cluster) -> None:
     _kill_h1(cluster)
     loop.tick_once(lead)
     assert not [i for i in list_intents(cluster.store, cluster.keys) if i.kind is IntentKind.RESTART]
+
+
+def test_incident_rounds_survive_the_record() -> None:
+    """Re-planning counts rounds in the incident record: they must read back (case 9)."""
+    from drctl.control.loop import incident_to_json
+    from drctl.control.tick import Incident, IncidentKind, IncidentPhase
+
+    inc = Incident("inc-h1-1", IncidentKind.DRAIN, "h1", "drain", "p", 1.0, IncidentPhase.ACTING,
+                   rounds=3, planned_at=42.5)
+    assert incident_from_json(incident_to_json(inc)) == inc
