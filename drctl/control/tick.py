@@ -299,6 +299,8 @@ def _progress(inc: Incident, view: View, policy: Policy, now: float, busy: set[s
         done = sum(1 for i in mine if i.state is IntentState.DONE)
         return [CloseIncident(inc.id, f"maintenance request withdrawn (undrain); {done} of {len(mine)} VM(s) "
                                       f"moved, {len(view.snapshot.vms_on(inc.host))} left on {inc.host}")]
+    if inc.kind is IncidentKind.DRAIN and any(not i.state.terminal and i.dst == inc.host for i in view.intents):
+        return []  # a VM is still arriving (another incident's move planned before this drain): wait for it
     if inc.kind in (IncidentKind.DRAIN, IncidentKind.RECOVER) and view.snapshot.vms_on(inc.host):
         if inc.rounds < settings.max_rounds:
             if now - inc.planned_at < settings.backoff_s(inc.rounds):

@@ -332,3 +332,16 @@ def test_undrain_closes_the_drain_incident() -> None:
     r = tick(view(snap, incidents={inc.id: inc}, intents=failed), POLICY, NOW)
     closes = [d for d in r.decisions if isinstance(d, CloseIncident)]
     assert closes and "undrain" in closes[0].outcome
+
+
+def test_drain_does_not_close_while_a_vm_is_still_arriving_on_its_host() -> None:
+    """Two drains at once: the first drain's migration to the second drained host is still
+    verifying; the host looks empty, but the drain must wait and move that VM on too."""
+    snap = cluster(maintenance="h2")
+    snap = replace(snap, vms={n: v for n, v in snap.vms.items() if v.host != "h2"})  # db-1 already moved off
+    inc = Incident("inc-h2-1", IncidentKind.DRAIN, "h2", "drain", "test", NOW - 20, IncidentPhase.ACTING,
+                   intents=("i1",), rounds=1, planned_at=NOW - 20)
+    mine = IntentView("i1", inc.id, "db-1", "h2", "h3", IntentState.DONE)
+    arriving = IntentView("i9", "inc-h1-1", "web-1", "h1", "h2", IntentState.VERIFYING)
+    r = tick(view(snap, incidents={inc.id: inc}, intents=(mine, arriving)), POLICY, NOW)
+    assert not [d for d in r.decisions if isinstance(d, CloseIncident)], r.sentence
