@@ -148,3 +148,31 @@ def test_two_drains_at_once_both_empty_their_hosts(ctl: Harness) -> None:
     assert [i for i in its if i["src"] == "labhost1" and i["dst"] == "labhost2" and i["state"] == "done"], its
     assert [i for i in its if i["src"] == "labhost2" and i["id"].endswith(("-r2", "-r3", "-r4"))], its
     _ticking(ctl, names)
+
+
+def test_unreachable_rule_of_the_disaster_recovery_policy_migrates_live_never_restarts(clean_lab: LabConfig,
+                                                                                      tmp_path: Path) -> None:
+    """(c), second half: policies/disaster-recovery.yaml's `drain-unreachable` rule says
+    live-migrate. Agent killed, libvirtd alive (the guests run): the VMs are moved live,
+    nothing is fenced or restarted (before the gate they were planned as restarts)."""
+    root = Path(__file__).resolve().parents[2]
+    text = (root / "policies" / "disaster-recovery.yaml").read_text()
+    text = (text.replace("fence_agent: ipmi", "fence_agent: lab")  # the lab's power switch
+                .replace("when: {state: unreachable, for: 60s}", "when: {state: unreachable, for: 3s}"))
+    assert "fence_agent: lab" in text and "for: 3s" in text
+    policy = tmp_path / "dr.yaml"
+    policy.write_text(text)
+    ctl = _start(clean_lab, policy)
+    try:
+        names = ctl.guests_on("labhost3", 2, memory=96)
+        faults.inject(ctl.cfg, "labhost3", "agent-kill", echo=lambda _m: None)
+        wait_for(lambda: _all_terminal(ctl) and len(ctl.intents()) == len(names), 240,
+                 "the live evacuation of labhost3 to end")
+        its = ctl.intents()
+        assert all(i["kind"] == "migrate" and i["state"] == "done" for i in its), its
+        assert not ctl.events("vm.restarted") and not ctl.events("fence.requested")
+        where = ctl.assert_each_runs_once(names)
+        assert "labhost3" not in where.values()
+        _ticking(ctl, names)
+    finally:
+        _stop(clean_lab, ctl)

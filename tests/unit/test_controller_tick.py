@@ -290,7 +290,7 @@ def test_recovery_restarts_the_vms_whose_migrations_were_given_up_on() -> None:
     inc = Incident("inc-h1-1", IncidentKind.RECOVER, "h1", "restart-dead", "test", NOW - 100,
                    IncidentPhase.ACTING, evidence=("fence", "lease-expired", "witnesses"), fenced=True,
                    intents=("i1",), rounds=1, planned_at=NOW - 100)
-    proof = FenceProof(f"{inc.id}@4", "h1", inc.id, 4, ("lease-expired", "witnesses"), FenceResult.OFF, "lab")
+    proof = FenceProof(f"{inc.id}@4", "h1", inc.id, 4, ("lease-expired", "witnesses"), FenceBasis.OFF, "lab")
     failed = (IntentView("i1", inc.id, "web-1", "h1", "h2", IntentState.FAILED),)
     r = tick(view(snap, verdicts=_dead_verdicts(snap), incidents={inc.id: inc}, intents=failed,
                   proofs={"h1": proof}), POLICY, NOW)
