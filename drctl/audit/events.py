@@ -156,6 +156,14 @@ FENCE_SUCCEEDED = _ev("fence.succeeded", "A fence agent confirmed the host is of
                       "incident host agent", "detail term")
 FENCE_FAILED = _ev("fence.failed", "A fence agent failed; restarts must not proceed on its word.",
                    "incident host agent error", "term")
+INTENT_PARK_EXPIRED = _ev("intent.park_expired", "A migration parked with its source unknown and the VM nowhere else was given up (failed).",
+                          "incident intent vm src dst parked_s", "detail")
+INCIDENT_KIND_CHANGED = _ev("incident.kind_changed", "An incident changed kind: an evacuation or drain whose host died became a recovery.",
+                            "incident host from to reason", "term")
+FENCE_PROOF_RECORDED = _ev("fence.proof_recorded", "The leader recorded a host's fence proof: restart intents may name it.",
+                           "incident host proof fence term", "agent detail")
+RESTART_REFUSED = _ev("restart.refused", "A restart was not planned, written or started: its fence proof does not back it.",
+                      "incident vm src reason", "intent proof")
 VM_RESTARTED = _ev("vm.restarted", "A VM of a fenced host was defined and started on another host.",
                    "incident intent vm src dst", "attempt boot_ms")
 VM_VERIFIED = _ev("vm.verified", "Where a VM runs was checked after a move (exactly once, guest alive).",

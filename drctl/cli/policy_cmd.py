@@ -45,6 +45,9 @@ def check(path: Path, as_json: bool, witnesses: int) -> None:
                 click.echo(f"drctl: error: {where}: policy {p.name}: evidence.witness_quorum: {why}", err=True)
         sys.exit(EXIT_BAD_INPUT)
     click.echo(_render(policies, as_json), nl=False)
+    for p in policies:  # valid, but worth a second look: on stderr, exit status unchanged
+        for warning in p.warnings():
+            click.echo(f"drctl: warning: {p.source}: policy {p.name} {warning}", err=True)
 
 
 def _render(policies: list[Policy], as_json: bool) -> str:

@@ -26,6 +26,7 @@ from drctl.audit import events
 from drctl.model.errors import PermanentError
 from drctl.model.cluster import (DEFAULT_ESCALATION, EscalationStep, IntentKind, IntentState, Limits, Move,
                                  check_transition, escalation_steps)
+from drctl.model.proof import FenceProof, parse_proof
 from drctl.model.records import PlacementRecord, RecordError, RecordReader, parse_definition, parse_placement
 from drctl.store import Compare, Delete, Put, Store
 from drctl.store.keys import Keys
@@ -92,6 +93,9 @@ class Intent:
     # "A given-up migration"): whoever resumes the intent goes on holding it, and must not
     # mistake it for a source paused by a post-copy switch
     source_held: bool = False
+    # restart intents: the id of the source's fence proof that allows it (model/proof.py); the
+    # runner re-reads `fence-proofs/<src>` right before define/start and refuses without it
+    proof: str = ""
     created: float = 0.0
     updated: float = 0.0
     revision: int = field(default=0, compare=False)  # etcd mod revision it was read at; not stored
@@ -129,7 +133,7 @@ def parse_intent(key: str, raw: bytes, revision: int = 0) -> Intent:
         src=r.text("src", ""), dst=r.text("dst", ""), state=r.enum("state", IntentState),
         candidates=r.texts("candidates"), tried=r.texts("tried"), attempt=r.integer("attempt", 0), term=r.integer("term", 0),
         reason=r.text("reason", ""), memory_mib=r.integer("memory_mib", 0), params=params, history=history,
-        definition=r.text("definition", ""), source_held=r.flag("source_held", False),
+        definition=r.text("definition", ""), source_held=r.flag("source_held", False), proof=r.text("proof", ""),
         created=r.number("created", 0.0), updated=r.number("updated", 0.0),
         revision=revision,
     )
@@ -159,7 +163,7 @@ def new_intent(move: Move, incident: str, term: int, now: float, params: IntentP
         id=intent_id or f"{prefix}-{uuid.uuid4().hex[:12]}", incident=incident, kind=move.kind, vm=move.vm,
         src=move.src, dst=move.dst, candidates=tuple(c for c in candidates if c not in (move.dst, move.src)),
         term=term, reason=move.reason or "planned", memory_mib=memory_mib, params=params,
-        created=now, updated=now,
+        proof=move.proof, created=now, updated=now,
     )
 
 
@@ -312,3 +316,24 @@ def store_definitions(store: Store, keys: Keys) -> DefinitionLookup:
             return None
 
     return lookup
+
+
+# ------------------------------------------------------------------ fence proofs (the restart gate)
+
+
+def read_proof(store: Store, keys: Keys, host: str) -> tuple[FenceProof | None, int]:
+    """`host`'s current fence proof and the mod revision it was read at (0 when absent). An
+    unreadable record backs nothing: (None, its revision), so a guard on it still holds."""
+    kv = store.get(keys.fence_proof(host))
+    if kv is None:
+        return None, 0
+    try:
+        return parse_proof(kv.key, kv.value), kv.mod_revision
+    except RecordError as e:
+        report_unreadable(e)
+        return None, kv.mod_revision
+
+
+def proof_guard(keys: Keys, host: str, revision: int) -> Compare:
+    """Guard for a write that acts on a proof read at `revision`: fails once it changed or went."""
+    return Compare.mod_at(keys.fence_proof(host), revision)

@@ -32,8 +32,10 @@ from drctl.control.tick import (
     IncidentPhase,
     IntentView,
     OpenIncident,
+    RecordProof,
     RequestFence,
     Resume,
+    TROUBLED,
     Settings,
     UpdateIncident,
     View,
@@ -47,11 +49,12 @@ from drctl.control.copies import IntentFacts, authoritative_copy
 from drctl.hypervisor import Hypervisor
 from drctl.fencing.agents import FenceAgent, FenceResult, PowerState
 from drctl.health.grading import HostVerdict
-from drctl.control.intents import IntentParams, create_intents, new_intent
+from drctl.control.intents import IntentParams, create_intents, new_intent, proof_guard, read_proof
 from drctl.model.cluster import HostState, IntentKind, IntentState, Snapshot
+from drctl.model.proof import FenceBasis, FenceProof, proof_id, proof_problem
 from drctl.model.records import InventoryRecord
 from drctl.policy import EvidenceKind, Policy
-from drctl.store import Compare, Put, Store
+from drctl.store import Compare, Delete, Put, Store
 from drctl.store.keys import Keys
 
 OUTAGE_POLL_MAX_S = 2.0  # how often, at most, a replica asks an absent etcd whether it is back
@@ -82,6 +85,7 @@ class LoopState:
     duplicates: set[tuple[str, tuple[str, ...]]] = field(default_factory=set)  # reported once each
     short_of_quorum: dict[str, int] = field(default_factory=dict)  # host -> witnesses, reported once
     recovery_exhausted: set[str] = field(default_factory=set)  # VMs past their start bound, reported once
+    troubled_since: dict[str, float] = field(default_factory=dict)  # host -> when it became troubled
 
 
 class ControllerLoop:
@@ -214,14 +218,20 @@ class ControllerLoop:
                                reason=verdicts[h].reason if h in verdicts else "")
                 self.state.state_since[h] = (host.state, now)
             held[h] = now - self.state.state_since[h][1]
+            if host.state in TROUBLED:
+                self.state.troubled_since.setdefault(h, now)
+            else:
+                self.state.troubled_since.pop(h, None)
+        troubled_for = {h: now - t for h, t in self.state.troubled_since.items()}
         self._warn_short_of_quorum(records)
         incidents, recently_closed = self._incidents(cluster, now)
         intents = tuple(IntentView(i.id, i.incident, i.vm, i.src, i.dst, i.state, i.kind)
                         for i in records.intents if i.incident in incidents or not i.state.terminal)
-        view = View(snapshot=snap, verdicts=verdicts, held_s=held,
+        view = View(snapshot=snap, verdicts=verdicts, held_s=held, proofs=records.proofs,
                     incidents=incidents, intents=intents, etcd_healthy=cluster.ok,
                     age_s=cluster.age_s(self.clock.monotonic()),
-                    frozen=self.state.frozen, recently_closed=recently_closed)
+                    frozen=self.state.frozen, recently_closed=recently_closed,
+                    troubled_for_s=troubled_for)
         return view, records, snap
 
     def _warn_short_of_quorum(self, records: ClusterRecords) -> None:
@@ -325,16 +335,22 @@ class ControllerLoop:
                         audit.emit(events.EVIDENCE_RECORDED, incident=inc.id, host=inc.host, kind=events.EvidenceSource.VERDICT,
                                    detail=piece)
         elif isinstance(d, UpdateIncident):
-            self._write(lead, self.keys.incident(d.incident.id), incident_to_json(d.incident))
+            before = view.incidents.get(d.incident.id)
+            if (self._write(lead, self.keys.incident(d.incident.id), incident_to_json(d.incident))
+                    and before is not None and before.kind is not d.incident.kind):
+                audit.warn(events.INCIDENT_KIND_CHANGED, incident=d.incident.id, host=d.incident.host,
+                           **{"from": before.kind.value, "to": d.incident.kind.value}, reason=d.note, term=lead.term)
         elif isinstance(d, RequestFence):
             self._fence(d, lead, view)
+        elif isinstance(d, RecordProof):
+            self._record_waiver(d, lead)
         elif isinstance(d, WriteIntents):
             self._write_intents(d, lead, view, snap, now)
         elif isinstance(d, CloseIncident):
             inc = view.incidents.get(d.incident)
             if inc is not None:
                 closed = replace(inc, phase=IncidentPhase.CLOSED, closed_at=now, outcome=d.outcome)
-                if self._write(lead, self.keys.incident(inc.id), incident_to_json(closed)):
+                if self._close(lead, closed):
                     mine = [i for i in view.intents if i.incident == inc.id]
                     moved = sum(1 for i in mine if i.state is IntentState.DONE)
                     outcome = (events.IncidentOutcome.RESOLVED if moved == len(mine)
@@ -347,10 +363,16 @@ class ControllerLoop:
         if d.host in (self.state.fencing or set()):
             return
         agent = self.fence_agents.get(d.agent)
+        if not d.agent and len(self.fence_agents) == 1:  # the policy names none: the only one there is
+            (name, agent), = self.fence_agents.items()
+            d = replace(d, agent=name)
         inc = self._incident(d.incident)  # just written by this tick's UpdateIncident
         audit.emit(events.FENCE_REQUESTED, incident=d.incident, host=d.host, agent=d.agent, term=lead.term)
         if agent is None:
-            self._needs_human(lead, d, inc, f"no fence agent named {d.agent!r} is configured")
+            why = (f"no fence agent named {d.agent!r} is configured" if d.agent else
+                   f"the policy requires a fence and names no fence_agent; the controller has "
+                   f"{len(self.fence_agents) or 'no'} fence agent(s) configured")
+            self._needs_human(lead, d, inc, why)
             return
         if inc is None:
             return  # not written (we were deposed): the next leader decides again
@@ -426,9 +448,42 @@ class ControllerLoop:
             return
         nxt = replace(current, fenced=True, phase=IncidentPhase.AWAITING_EVIDENCE,
                       evidence=tuple(sorted({*current.evidence, EvidenceKind.FENCE.value})))
-        if self.store.txn([*lead.guard(), Compare.mod_at(key, kv.mod_revision)], [Put(key, incident_to_json(nxt))]):
+        proof = FenceProof(proof_id(d.incident, lead.term), d.host, d.incident, lead.term,
+                           tuple(e for e in current.evidence if e != EvidenceKind.FENCE.value),
+                           FenceBasis.OFF, d.agent, detail, self.clock.now())
+        # one transaction, guarded by our term: the proof exists only with the incident
+        # that asked for it, and only a current leader writes either
+        if self.store.txn([*lead.guard(), Compare.mod_at(key, kv.mod_revision)],
+                          [Put(key, incident_to_json(nxt)), Put(self.keys.fence_proof(d.host), proof.to_json())]):
             audit.emit(events.EVIDENCE_RECORDED, incident=d.incident, host=d.host,
                        kind=events.EvidenceSource.FENCE, detail=detail)
+            self._proof_recorded(proof)
+
+    def _record_waiver(self, d: RecordProof, lead: Leadership) -> None:
+        """The policy waives fencing: record that, under our term, as this incident's proof."""
+        inc = self._incident(d.proof.incident)
+        if inc is None or inc.phase is not IncidentPhase.AWAITING_EVIDENCE:
+            return  # moved on (or closed) since the view: the next tick decides again
+        proof = replace(d.proof, id=proof_id(d.proof.incident, lead.term), term=lead.term)
+        if self.store.txn([*lead.guard(), Compare.equals(self.keys.incident(inc.id), incident_to_json(inc))],
+                          [Put(self.keys.fence_proof(proof.host), proof.to_json())]):
+            self._proof_recorded(proof)
+
+    def _proof_recorded(self, proof: FenceProof) -> None:
+        audit.emit(events.FENCE_PROOF_RECORDED, incident=proof.incident, host=proof.host, proof=proof.id,
+                   fence=proof.fence.value, term=proof.term, agent=proof.agent or None, detail=proof.detail)
+
+    def _close(self, lead: Leadership, closed: Incident) -> bool:
+        """Write the closed incident; its host's fence proof goes with it (guarded on the proof
+        read), so no later restart can name it."""
+        ops: list[Put | Delete] = [Put(self.keys.incident(closed.id), incident_to_json(closed))]
+        guards = list(lead.guard())
+        if closed.host:
+            proof, rev = read_proof(self.store, self.keys, closed.host)
+            if proof is not None and proof.incident == closed.id:
+                ops.append(Delete(self.keys.fence_proof(closed.host)))
+                guards.append(proof_guard(self.keys, closed.host, rev))
+        return self.store.txn(guards, ops)
 
     def _incident(self, incident_id: str) -> Incident | None:
         kv = self.store.get(self.keys.incident(incident_id))
@@ -451,7 +506,16 @@ class ControllerLoop:
                    limits=_plain(self.policy.limits), term=lead.term)
         ledger = placement.Ledger(snap)
         built = []
+        proof_guards: dict[str, Compare] = {}
         for m in d.moves:
+            if m.kind is IntentKind.RESTART:
+                proof, rev = read_proof(self.store, self.keys, m.src)
+                problem = proof_problem(proof, proof_ref=m.proof, host=m.src, incident=d.incident)
+                if problem:
+                    audit.warn(events.RESTART_REFUSED, incident=d.incident, vm=m.vm, src=m.src, reason=problem,
+                               proof=m.proof or None)
+                    continue
+                proof_guards[m.src] = proof_guard(self.keys, m.src, rev)
             vm = snap.vms.get(m.vm)
             cands = placement.evaluate(vm, snap, rules, ledger, frozenset({m.src})) if vm else []
             eligible = [c.host for c in sorted(cands, key=lambda c: (-c.score, c.host)) if c.eligible]
@@ -463,13 +527,14 @@ class ControllerLoop:
                 ledger.reserve(vm, m.dst)
             params = IntentParams.from_limits(self.policy.limits, copy_storage=bool(vm and vm.local_disk_gib))
             built.append(new_intent(m, d.incident, lead.term, now, params, candidates=eligible,
-                                    memory_mib=vm.memory_mib if vm else 0, intent_id=f"{d.incident}-{m.vm}"))
+                                    memory_mib=vm.memory_mib if vm else 0,
+                                    intent_id=f"{d.incident}-{m.vm}" + (f"-r{d.round}" if d.round > 1 else "")))
         for vm_name, why in d.unplaced:
             audit.warn(events.PLACEMENT_FAILED, incident=d.incident, vm=vm_name,
                        src=snap.vms[vm_name].host if vm_name in snap.vms else "", candidates=[], reason=why)
         if d.dry_run or not built:
             return
-        if create_intents(self.store, self.keys, built, guards=lead.guard()):
+        if create_intents(self.store, self.keys, built, guards=[*lead.guard(), *proof_guards.values()]):
             # re-read: an UpdateIncident earlier in this tick changed it since the view
             inc = self._incident(d.incident)
             if inc is not None:

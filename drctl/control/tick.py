@@ -18,8 +18,9 @@ from typing import Mapping
 
 from drctl.health.grading import HostVerdict
 from drctl.model.cluster import HostState, IntentKind, IntentState, Move, Snapshot
+from drctl.model.proof import FenceProof, FenceBasis, proof_id
 from drctl.policy import Policy
-from drctl.policy.types import Action, EvidenceKind, TriggerKind
+from drctl.policy.types import Action, EvidenceKind, Rule, TriggerKind
 
 
 class IncidentKind(str, Enum):
@@ -53,6 +54,8 @@ class Incident:
     intents: tuple[str, ...] = ()
     closed_at: float | None = None
     outcome: str = ""
+    rounds: int = 0  # plans written so far: drains and recoveries plan again while VMs are left
+    planned_at: float = 0.0  # when the last round was planned (back-off counts from it)
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,13 @@ class View:
     # hosts whose last incident closed within Settings.reopen_after_s, with its outcome:
     # an episode that ended partially (a VM could not be placed) must not reopen every tick
     recently_closed: Mapping[str, str] = field(default_factory=dict)
+    # how long each troubled host has been troubled (any of failing/unreachable/dead, without
+    # a healthy spell between): the blast radius counts only hosts that became troubled within
+    # its window. A host missing here counts as troubled for its `held_s`.
+    troubled_for_s: Mapping[str, float] = field(default_factory=dict)
+    # host -> its fence proof record (fence-proofs/<host>), as read with the view: the only
+    # thing that lets the tick plan a restart (docs/controller.md, "The restart gate")
+    proofs: Mapping[str, FenceProof] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------ decisions
@@ -115,11 +125,21 @@ class RequestFence:
 
 
 @dataclass(frozen=True)
+class RecordProof:
+    """Write `proof` as the host's fence proof (leader-guarded). The tick asks for it only
+    when the policy waives fencing explicitly; a real fence's proof is written by the loop
+    in the same transaction that records the agent's answer."""
+
+    proof: FenceProof
+
+
+@dataclass(frozen=True)
 class WriteIntents:
     incident: str
     moves: tuple[Move, ...]
     unplaced: tuple[tuple[str, str], ...] = ()  # (vm, why), for the audit trail
     dry_run: bool = False
+    round: int = 1  # the incident's planning round: intent ids of later rounds carry it
 
 
 @dataclass(frozen=True)
@@ -128,7 +148,8 @@ class CloseIncident:
     outcome: str
 
 
-Decision = Freeze | Resume | OpenIncident | UpdateIncident | RequestFence | WriteIntents | CloseIncident
+Decision = (Freeze | Resume | OpenIncident | UpdateIncident | RequestFence | RecordProof | WriteIntents
+            | CloseIncident)
 
 
 @dataclass(frozen=True)
@@ -143,6 +164,15 @@ class Settings:
     stale_after_s: float = 10.0  # a view older than this freezes the controller
     reopen_after_s: float = 60.0  # a host's next incident waits this long after its last closed
     quorum: int | None = None  # witnesses; None = the policy's (or a majority)
+    # drains and recoveries plan again while their host still holds VMs: after this long,
+    # doubling each round up to replan_max_s, at most max_rounds plans per incident
+    replan_after_s: float = 5.0
+    replan_max_s: float = 60.0
+    max_rounds: int = 6
+
+    def backoff_s(self, rounds: int) -> float:
+        """How long after round `rounds` was planned the next may be."""
+        return float(min(self.replan_after_s * 2.0 ** max(rounds - 1, 0), self.replan_max_s))
 
 
 ETCD_UNHEALTHY = "etcd is unhealthy"  # the freeze reason while the view cannot be read
@@ -165,9 +195,9 @@ def tick(view: View, policy: Policy, now: float, settings: Settings = Settings()
     for name in sorted(view.snapshot.hosts):
         inc = open_by_host.get(name)
         if inc is not None:
-            out.extend(_progress(inc, view, policy, now, busy_vms))
+            out.extend(_progress(inc, view, policy, now, busy_vms, settings))
         else:
-            out.extend(_maybe_open(name, view, policy, now, busy_vms))
+            out.extend(_maybe_open(name, view, policy, now, busy_vms, settings))
     if not view.incidents and not any(isinstance(d, OpenIncident) for d in out):
         out.extend(_maybe_rebalance(view, policy, now, busy_vms))
     for inc in view.incidents.values():
@@ -183,11 +213,13 @@ def _freeze_reason(view: View, policy: Policy, settings: Settings) -> str:
         # the limit, not the age: the reason must read the same on every tick it holds,
         # or each tick would freeze anew
         return f"view is stale (older than {settings.stale_after_s:g}s)"
-    # Hosts that failed "at once": more than the blast radius allows is more likely the
-    # network than the hosts (docs/controller.md, "Freezing"). Drains are operator requests: not counted.
-    troubled = [n for n, h in view.snapshot.hosts.items()
-                if h.state in (HostState.DEAD, HostState.UNREACHABLE, HostState.FAILING)]
+    # Hosts that failed "at once": more than the blast radius allows within its window is more
+    # likely the network than the hosts (docs/controller.md, "Freezing"). A host that has been
+    # dead for longer than the window is an old, separate failure: counting it would freeze the
+    # controller for good at the next one. Drains are operator requests: not counted.
     br = policy.blast_radius
+    troubled = [n for n, h in view.snapshot.hosts.items()
+                if h.state in TROUBLED and troubled_for(view, n) <= br.window_s]
     if br.max_hosts is not None and len(troubled) > br.max_hosts:
         return (f"{len(troubled)} hosts in trouble at once ({', '.join(sorted(troubled))}) exceeds the blast "
                 f"radius of {br.max_hosts} host(s): suspect the network; a human must decide")
@@ -199,15 +231,38 @@ def _freeze_reason(view: View, policy: Policy, settings: Settings) -> str:
     return ""
 
 
+TROUBLED = frozenset({HostState.DEAD, HostState.UNREACHABLE, HostState.FAILING})
+
+
+def troubled_for(view: View, host: str) -> float:
+    """Seconds since `host` became troubled (see View.troubled_for_s)."""
+    return view.troubled_for_s.get(host, view.held_s.get(host, 0.0))
+
+
 def _incident_kind(state: HostState, trigger: TriggerKind) -> IncidentKind:
     if trigger is TriggerKind.MAINTENANCE:
         return IncidentKind.DRAIN
     return IncidentKind.RECOVER if state is HostState.DEAD else IncidentKind.EVACUATE
 
 
-def _maybe_open(name: str, view: View, policy: Policy, now: float, busy: set[str]) -> list[Decision]:
+def _recovery_rule(view: View, policy: Policy, host: str, now: float) -> Rule | None:
+    """The first rule on this host's `dead` state that holds now: a dead host is recovered
+    by it even when an earlier rule (a drain) also matches."""
+    h = view.snapshot.hosts[host]
+    for rule in policy.actions:
+        t = rule.trigger
+        if (t.kind is TriggerKind.STATE and rule.hosts.matches(h) and t.in_window(now)
+                and t.holds_for(h, HostState.DEAD, view.held_s.get(host, 0.0))):
+            return rule
+    return None
+
+
+def _maybe_open(name: str, view: View, policy: Policy, now: float, busy: set[str],
+                settings: Settings) -> list[Decision]:
     host = view.snapshot.hosts[name]
     rule = policy.rule_for(host, host.state, view.held_s.get(name, 0.0), now)
+    if host.state is HostState.DEAD:
+        rule = _recovery_rule(view, policy, name, now) or rule
     if rule is None or rule.trigger.kind is TriggerKind.IMBALANCE:
         return []
     if not view.snapshot.vms_on(name) or name in view.recently_closed:
@@ -217,24 +272,62 @@ def _maybe_open(name: str, view: View, policy: Policy, now: float, busy: set[str
     reason = f"{name} {host.state.value}" + (f" ({verdict.reason})" if verdict.reason else "")
     if kind is IncidentKind.DRAIN:
         reason = f"{name}: maintenance requested"
+    if rule.trigger.kind is TriggerKind.STATE and host.state is HostState.DEAD:
+        kind = IncidentKind.RECOVER
     inc = Incident(id=f"inc-{name}-{int(now * 1000)}", kind=kind, host=name, rule=rule.name,
                    policy=policy.name, opened_at=now, phase=IncidentPhase.ACTING, reason=reason)
     if kind is IncidentKind.RECOVER:
         inc = replace(inc, phase=IncidentPhase.AWAITING_EVIDENCE)
-        return [OpenIncident(inc), *_progress(inc, view, policy, now, busy)]
+        return [OpenIncident(inc), *_progress(inc, view, policy, now, busy, settings)]
+    inc = replace(inc, rounds=1, planned_at=now)
     return [OpenIncident(inc), *_plan(inc, view, policy, busy)]
 
 
-def _progress(inc: Incident, view: View, policy: Policy, now: float, busy: set[str]) -> list[Decision]:
-    """Move an open incident on: evidence, fencing, planning, closing."""
+def _progress(inc: Incident, view: View, policy: Policy, now: float, busy: set[str],
+              settings: Settings) -> list[Decision]:
+    """Move an open incident on: evidence, fencing, planning, re-planning, closing."""
+    host = view.snapshot.hosts[inc.host]
+    if inc.kind in (IncidentKind.EVACUATE, IncidentKind.DRAIN) and host.state is HostState.DEAD:
+        return _become_recovery(inc, view, policy, now, busy, settings)
     if inc.kind is IncidentKind.RECOVER and inc.phase is IncidentPhase.AWAITING_EVIDENCE:
-        return _recover(inc, view, policy, busy)
-    if inc.phase is IncidentPhase.ACTING:
-        return _close_if_done(inc, view)
-    return []
+        return _recover(inc, view, policy, now, busy)
+    if inc.phase is not IncidentPhase.ACTING:
+        return []
+    mine = [i for i in view.intents if i.incident == inc.id]
+    if any(not i.state.terminal for i in mine):
+        return []
+    if inc.kind is IncidentKind.DRAIN and not host.maintenance:
+        done = sum(1 for i in mine if i.state is IntentState.DONE)
+        return [CloseIncident(inc.id, f"maintenance request withdrawn (undrain); {done} of {len(mine)} VM(s) "
+                                      f"moved, {len(view.snapshot.vms_on(inc.host))} left on {inc.host}")]
+    if inc.kind is IncidentKind.DRAIN and any(not i.state.terminal and i.dst == inc.host for i in view.intents):
+        return []  # a VM is still arriving (another incident's move planned before this drain): wait for it
+    if inc.kind in (IncidentKind.DRAIN, IncidentKind.RECOVER) and view.snapshot.vms_on(inc.host):
+        if inc.rounds < settings.max_rounds:
+            if now - inc.planned_at < settings.backoff_s(inc.rounds):
+                return []  # back off before the next round
+            nxt = replace(inc, rounds=inc.rounds + 1, planned_at=now)
+            left = ", ".join(v.name for v in view.snapshot.vms_on(inc.host))
+            return [UpdateIncident(nxt, f"round {nxt.rounds}: {inc.host} still holds {left}"),
+                    *_plan(nxt, view, policy, busy)]
+    return _close_if_done(inc, view, final=True)
 
 
-def _recover(inc: Incident, view: View, policy: Policy, busy: set[str]) -> list[Decision]:
+def _become_recovery(inc: Incident, view: View, policy: Policy, now: float, busy: set[str],
+                     settings: Settings) -> list[Decision]:
+    """The host of an evacuation or drain died: its parked migrations will never finish and
+    only a recovery (evidence, fence, restart) brings its VMs back. Same incident, so its
+    intents stay counted; the policy's rule for dead hosts takes over."""
+    rule = _recovery_rule(view, policy, inc.host, now)
+    if rule is None:
+        return []  # no rule restarts from this dead host (or not yet held long enough): wait
+    nxt = replace(inc, kind=IncidentKind.RECOVER, rule=rule.name, phase=IncidentPhase.AWAITING_EVIDENCE,
+                  reason=f"{inc.reason}; {inc.host} died during the {inc.kind.value}")
+    return [UpdateIncident(nxt, f"{inc.host} is dead: the {inc.kind.value} becomes a recovery ({rule.name})"),
+            *_recover(nxt, view, policy, now, busy)]
+
+
+def _recover(inc: Incident, view: View, policy: Policy, now: float, busy: set[str]) -> list[Decision]:
     host = view.snapshot.hosts[inc.host]
     verdict = view.verdicts.get(inc.host, HostVerdict(inc.host, host.state, ""))
     if host.state is not HostState.DEAD:
@@ -249,13 +342,31 @@ def _recover(inc: Incident, view: View, policy: Policy, busy: set[str]) -> list[
             (have if ok else missing).append(kind.value)
     if missing:
         return []  # wait: the verdict says dead but not on the evidence the policy wants
-    if EvidenceKind.FENCE in need and not inc.fenced:
+    evidence = tuple(sorted(set(inc.evidence) | set(have)))
+    proof = incident_proof(view, inc)
+    if proof is None and EvidenceKind.FENCE in need:
+        # `fenced` alone is not enough: without its proof record (an older release's
+        # incident, a record lost or unreadable) fence again; fencing is idempotent
         agent = policy.evidence.fence_agent or ""
-        nxt = replace(inc, phase=IncidentPhase.FENCING, evidence=tuple(sorted(set(inc.evidence) | set(have))))
+        nxt = replace(inc, phase=IncidentPhase.FENCING, evidence=evidence)
         return [UpdateIncident(nxt, f"evidence {', '.join(have)} recorded; fencing {inc.host} with {agent}"),
                 RequestFence(inc.id, inc.host, agent)]
-    nxt = replace(inc, phase=IncidentPhase.ACTING, evidence=tuple(sorted(set(inc.evidence) | set(have))))
+    if proof is None:
+        # the policy waives fencing in so many words (`fence: waived`): record that as the proof
+        waiver = FenceProof(proof_id(inc.id, 0), inc.host, inc.id, 0, evidence, FenceBasis.WAIVED,
+                            detail=f"policy {policy.name} waives fencing", at=now)
+        return [RecordProof(waiver)]
+    nxt = replace(inc, phase=IncidentPhase.ACTING, evidence=evidence, rounds=inc.rounds + 1, planned_at=now)
     return [UpdateIncident(nxt, "evidence complete: " + ", ".join(nxt.evidence)), *_plan(nxt, view, policy, busy)]
+
+
+def incident_proof(view: View, inc: Incident) -> FenceProof | None:
+    """The fence proof that backs `inc`'s restarts, if recorded: the host's current proof,
+    written for this very incident."""
+    proof = view.proofs.get(inc.host)
+    if proof is None or proof.incident != inc.id or proof.host != inc.host:
+        return None
+    return proof
 
 
 def _plan(inc: Incident, view: View, policy: Policy, busy: set[str]) -> list[Decision]:
@@ -263,35 +374,58 @@ def _plan(inc: Incident, view: View, policy: Policy, busy: set[str]) -> list[Dec
 
     snap = policy.apply_groups(view.snapshot)
     rule = next((r for r in policy.actions if r.name == inc.rule), None)
+    state = snap.hosts[inc.host].state
+    # The restart gate: only a recovery whose fence proof is recorded restarts, and only VMs
+    # its rule says to restart. Nothing the operator wrote as live-migrate becomes a restart.
+    proof = incident_proof(view, inc) if inc.kind is IncidentKind.RECOVER else None
     keep: dict[str, str] = {}
+    restartable: list[str] = []
     for vm in snap.vms_on(inc.host):
         spec = rule.action_for(vm) if rule else None
+        says_restart = spec is not None and Action.RESTART in (spec.action, spec.fallback)
         if vm.name in busy:
             keep[vm.name] = "already being moved"
         elif spec is not None and spec.action is Action.LEAVE_ALONE:
             keep[vm.name] = f"rule {rule.name if rule else '?'} leaves it alone"
         elif spec is not None and spec.action is Action.RESTART and host_alive(view, inc.host):
             keep[vm.name] = "restart is only for dead hosts"
+        elif spec is not None and spec.action is Action.RESTART and state is not HostState.DEAD:
+            keep[vm.name] = f"{inc.host} is {state.value}: a restart waits until it is dead and fenced"
+        elif state is HostState.DEAD and not says_restart:
+            keep[vm.name] = (f"rule {inc.rule} says {spec.action.value if spec else 'live-migrate'}, and "
+                             f"{inc.host} is dead: waits for the recovery path")
+        elif state is HostState.DEAD and proof is None:
+            keep[vm.name] = f"{inc.host} is not fenced for {inc.id}: a restart needs its fence proof"
+        elif state is HostState.DEAD:
+            restartable.append(vm.name)
     planned = replace(snap, vms={n: v for n, v in snap.vms.items() if n not in keep})
-    plan = plan_evacuation(planned, [inc.host], policy.rules, policy.limits)
+    plan = plan_evacuation(planned, [inc.host], policy.rules, policy.limits,
+                           restart_from=frozenset({inc.host}) if proof is not None and restartable else frozenset())
+    moves = tuple(replace(m, proof=proof.id) if m.kind is IntentKind.RESTART and proof is not None else m
+                  for m in plan.moves)
     unplaced = tuple((u.vm, "; ".join(f"{h}: {', '.join(r)}" for h, r in sorted(u.reasons.items()))
                      or "no host") for u in plan.unplaced)
-    return [WriteIntents(inc.id, plan.moves, unplaced + tuple(keep.items()), dry_run=policy.dry_run)]
+    return [WriteIntents(inc.id, moves, unplaced + tuple(keep.items()), dry_run=policy.dry_run,
+                         round=max(inc.rounds, 1))]
 
 
 def host_alive(view: View, host: str) -> bool:
     return view.snapshot.hosts[host].state.alive
 
 
-def _close_if_done(inc: Incident, view: View) -> list[Decision]:
+def _close_if_done(inc: Incident, view: View, final: bool = False) -> list[Decision]:
+    """Close once every intent is finished. A drain or recovery gets here (`final`) only when
+    its host holds no VM or its rounds are used up; it then names the VMs left behind."""
     mine = [i for i in view.intents if i.incident == inc.id]
     if any(not i.state.terminal for i in mine):
         return []
-    if inc.kind is IncidentKind.DRAIN and view.snapshot.vms_on(inc.host):
-        return []  # a drain ends when the host is empty (the next tick may plan the rest)
-    done = sum(1 for i in mine if i.state is IntentState.DONE)
-    failed = [i.vm for i in mine if i.state is not IntentState.DONE]
-    outcome = f"{done} of {len(mine)} VM(s) moved" + (f"; not moved: {', '.join(sorted(failed))}" if failed else "")
+    done_vms = {i.vm for i in mine if i.state is IntentState.DONE}
+    failed = sorted({i.vm for i in mine} - done_vms)
+    outcome = f"{len(done_vms)} of {len(done_vms) + len(failed)} VM(s) moved" + (
+        f"; not moved: {', '.join(failed)}" if failed else "")
+    left = [v.name for v in view.snapshot.vms_on(inc.host)] if inc.host else []
+    if final and left and inc.kind in (IncidentKind.DRAIN, IncidentKind.RECOVER):
+        outcome += f"; gave up after {inc.rounds} round(s) with {', '.join(left)} still on {inc.host}"
     return [CloseIncident(inc.id, outcome)]
 
 
@@ -333,6 +467,8 @@ def _sentence(out: list[Decision], view: View) -> str:
             parts.append(f"{d.incident.id}: {d.note}")
         elif isinstance(d, RequestFence):
             parts.append(f"requested fencing of {d.host}")
+        elif isinstance(d, RecordProof):
+            parts.append(f"{d.proof.incident}: recorded fence proof {d.proof.id} ({d.proof.fence.value})")
         elif isinstance(d, WriteIntents):
             verb = "would write" if d.dry_run else "wrote"
             parts.append(f"{verb} {len(d.moves)} intent(s) for {d.incident}"
@@ -357,5 +493,6 @@ def _sentence(out: list[Decision], view: View) -> str:
 
 
 __all__ = ["tick", "View", "Incident", "IncidentKind", "IncidentPhase", "IntentView", "TickResult",
-           "Settings", "Decision", "Freeze", "Resume", "OpenIncident", "UpdateIncident", "RequestFence",
-           "WriteIntents", "CloseIncident", "memory_spread_pct"]
+           "Settings", "Decision", "Freeze", "Resume", "OpenIncident", "UpdateIncident", "RequestFence", "RecordProof",
+           "incident_proof",
+           "WriteIntents", "CloseIncident", "memory_spread_pct", "TROUBLED", "troubled_for"]

@@ -31,6 +31,7 @@ from drctl.control.intents import Intent, parse_intent, report_unreadable
 from drctl.control.tick import Incident, IncidentKind, IncidentPhase
 from drctl.health.grading import HostVerdict, RecordAges, host_state
 from drctl.model.cluster import VM, Host, HostState, Snapshot
+from drctl.model.proof import FenceProof, parse_proof
 from drctl.model.errors import StoreError
 from drctl.model.records import (DefinitionRecord, HealthRecord, InventoryRecord, MaintenanceRecord,
                                  PlacementRecord, RecordError, RecordReader, WitnessReport, parse_definition,
@@ -50,7 +51,8 @@ def parse_incident(key: str, raw: bytes) -> Incident:
                     policy=r.text("policy", ""), opened_at=r.number("opened_at", 0.0),
                     phase=r.enum("phase", IncidentPhase), reason=r.text("reason", ""), evidence=r.texts("evidence"),
                     fenced=r.flag("fenced", False), intents=r.texts("intents"), closed_at=closed_at,
-                    outcome=r.text("outcome", ""))
+                    outcome=r.text("outcome", ""), rounds=r.integer("rounds", 0),
+                    planned_at=r.number("planned_at", 0.0))
 
 
 # ---------------------------------------------------------------- records at one revision
@@ -72,6 +74,8 @@ class ClusterRecords:
     incidents: tuple[Incident, ...] = ()  # every incident, closed ones included
     # hosts whose health key exists (so their lease lives) but cannot be parsed: why
     unreadable_health: Mapping[str, str] = field(default_factory=dict)
+    # host -> its fence proof (fence-proofs/<host>, model/proof.py); an unreadable one is absent
+    proofs: Mapping[str, FenceProof] = field(default_factory=dict)
 
 
 def records_from(kvs: Iterable[KV], keys: Keys, revision: int = 0) -> ClusterRecords:
@@ -86,6 +90,7 @@ def records_from(kvs: Iterable[KV], keys: Keys, revision: int = 0) -> ClusterRec
     intents: list[Intent] = []
     incidents: list[Incident] = []
     bad_health: dict[str, str] = {}
+    proofs: dict[str, FenceProof] = {}
     for kv in kvs:
         try:
             if kv.key.startswith(keys.hosts_prefix()):
@@ -124,10 +129,15 @@ def records_from(kvs: Iterable[KV], keys: Keys, revision: int = 0) -> ClusterRec
                 intents.append(parse_intent(kv.key, kv.value, kv.mod_revision))
             elif kv.key.startswith(keys.incidents_prefix()):
                 incidents.append(parse_incident(kv.key, kv.value))
+            elif kv.key.startswith(keys.fence_proofs_prefix()):
+                proof = parse_proof(kv.key, kv.value)
+                if proof.host != Keys.last_segment(kv.key):
+                    raise RecordError(kv.key, "host", f"names {proof.host!r}: a proof backs only the host of its key")
+                proofs[proof.host] = proof
         except RecordError as e:
             report_unreadable(e)
     return ClusterRecords(revision, frozenset(hosts), health, witnesses, inv, maint, defs, plc, tuple(intents),
-                          tuple(incidents), bad_health)
+                          tuple(incidents), bad_health, proofs)
 
 
 def read_records(store: Store, keys: Keys) -> ClusterRecords:

@@ -33,7 +33,8 @@ from drctl.audit import writer as audit
 from drctl.clock import Clock
 from drctl.config.settings import AgentConfig, Peer
 from drctl.model.errors import DrctlError, LeaseLost, StoreError
-from drctl.health.grading import Grade, HealthRecord, ProbeGrade, Sample, WitnessReport, combine, step
+from drctl.health.grading import (FailureSpan, Grade, HealthRecord, ProbeGrade, Sample, WitnessReport, combine,
+                                  step)
 from drctl.hypervisor import Hypervisor
 from drctl.health.inventory import Publisher, read_host
 from drctl.health.probes import Deadline, Probe, build, libvirt_answers
@@ -84,6 +85,7 @@ class Agent:
         self._seq = 0
         self._store_ok = True
         self._peer_deadlines: dict[str, Deadline] = {}
+        self._peer_spans: dict[str, FailureSpan] = {}
         self._peer_reach: dict[str, bool] = {}
         self._known_peers: list[Peer] = list(cfg.peers or [])
         self._witnessed: set[str] = set()  # peers we wrote reports about
@@ -289,12 +291,21 @@ class Agent:
 
     def _check_peer(self, peer: Peer, lease_seen: bool, out: dict[str, WitnessReport]) -> None:
         deadline = self._peer_deadlines.setdefault(peer.name, Deadline())
+        span = self._peer_spans.setdefault(peer.name, FailureSpan())
         latency, detail = None, ""
+        started = self._clock.monotonic()
         try:
             latency = round(libvirt_answers(self._connect, peer.uri, deadline, self.cfg.witness_timeout_s), 4)
         except DrctlError as e:
             detail = str(e)
-        out[peer.name] = WitnessReport(peer.name, self.host, latency is not None, lease_seen, self._clock.now(),
+        # failures count from the start of the first failed check; only a run of them that
+        # spans a lease TTL confirms the peer down (FailureSpan)
+        failing_for = span.observe(latency is not None, started) + (self._clock.monotonic() - started
+                                                                    if latency is None else 0.0)
+        confirmed = latency is None and failing_for >= self.cfg.lease_ttl_s
+        if latency is None and not confirmed:
+            detail = f"{detail}; failing for {failing_for:.1f}s, under the lease TTL ({self.cfg.lease_ttl_s}s)"
+        out[peer.name] = WitnessReport(peer.name, self.host, not confirmed, lease_seen, self._clock.now(),
                                        self.cfg.witness_interval_s, latency, detail)
 
     def _witness(self) -> str:

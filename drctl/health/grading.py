@@ -100,6 +100,27 @@ def combine(grades: Mapping[str, ProbeGrade]) -> tuple[Grade, str, Sample | None
     return worst
 
 
+@dataclass
+class FailureSpan:
+    """How long one witness's checks of one peer have been failing without a success between.
+
+    A witness confirms a peer down only once its failures span at least one lease TTL
+    (docs/health.md, "Witnesses"): a NIC blip or a slow libvirtd shorter than that says
+    nothing a lease would not also say, and must not help declare a live host dead.
+    """
+
+    since: float | None = None  # monotonic time of the first failure of the current run
+
+    def observe(self, ok: bool, now: float) -> float:
+        """Record one check; seconds the failures have lasted so far (0 after a success)."""
+        if ok:
+            self.since = None
+            return 0.0
+        if self.since is None:
+            self.since = now
+        return now - self.since
+
+
 # ---------------------------------------------------------------- host state
 
 

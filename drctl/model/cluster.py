@@ -262,3 +262,4 @@ class Move:
     predicted_downtime_ms: float = 0.0
     kind: IntentKind = IntentKind.MIGRATE
     reason: str = ""
+    proof: str = ""  # restarts: the id of the source's fence proof that allows it (model/proof.py)

@@ -12,6 +12,7 @@ write exactly what the agents, the runner and `drctl drain` wrote before these t
     hosts/<h>/maintenance     MaintenanceRecord (drctl drain)
     vm-definitions/<vm>       DefinitionRecord (agent; plain domain XML is accepted too)
     vms/<vm>                  PlacementRecord (runner, after a verified move)
+    fence-proofs/<host>       FenceProof (leader; its type and parser are in model/proof.py)
 
 Intents and incidents have their types in drctl.control (intents.py, tick.py); their
 parsers live next to them and use `RecordReader` from here, so every record fails the

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Collection, Iterable, Iterator, Mapping
 
 from drctl.planning import placement
 from drctl.model.errors import ConfigError
@@ -220,8 +220,15 @@ def plan_evacuation(
     rules: PlacementRules,
     limits: Limits,
     vm_order: str = "priority",
+    restart_from: Collection[str] | None = None,
 ) -> Plan:
-    """Move every VM off `hosts`: live migration from live hosts, restart from dead ones."""
+    """Move every VM off `hosts`: live migration from live hosts, restart from dead ones.
+
+    `restart_from` names the hosts whose VMs may be restarted (the controller passes the
+    fenced host of a recovery, or none); None plans a restart from every host that is not
+    alive, for what-if plans (`drctl plan`, replay). A VM on a dead host outside it is
+    unplaced: it waits for the recovery path. One on an unreachable host is live-migrated
+    (its libvirtd may still answer; if not, the migration fails and nothing runs twice)."""
     _check_limits(limits)
     evacuating = frozenset(hosts)
     if unknown := sorted(evacuating - snap.hosts.keys()):
@@ -232,8 +239,13 @@ def plan_evacuation(
     failed: list[VM] = []
     vms = _order((v for v in snap.vms.values() if v.host in evacuating), vm_order)
     for vm in vms:
-        kind = IntentKind.MIGRATE if snap.hosts[vm.host].state.alive else IntentKind.RESTART
-        if kind is IntentKind.MIGRATE and not vm.migratable:
+        state = snap.hosts[vm.host].state
+        restart = not state.alive and (vm.host in restart_from if restart_from is not None else True)
+        kind = IntentKind.RESTART if restart else IntentKind.MIGRATE
+        if kind is IntentKind.MIGRATE and state is HostState.DEAD:
+            unplaced[vm.name] = _every_host(snap, f"cannot live-migrate from {vm.host}, which is dead, and it is "
+                                                  "not fenced: waits for the recovery path")
+        elif kind is IntentKind.MIGRATE and not vm.migratable:
             unplaced[vm.name] = _every_host(snap, "vm is not migratable")
         elif kind is IntentKind.RESTART and vm.local_disk_gib > 0:
             unplaced[vm.name] = _every_host(snap, f"local disks are on {vm.host}, which is down")

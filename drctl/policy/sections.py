@@ -21,7 +21,7 @@ from drctl.policy.units import parse_duration, parse_percent, parse_rate_mibs
 PLACEMENT_KEYS = ("memory_headroom", "failure_domain", "spread_groups_across_domains",
                   "spare_hosts", "host_affinity", "groups")
 LIMITS_KEYS = ("concurrency", "bandwidth", "max_downtime", "timeout_per_gib", "escalation", "blast_radius")
-EVIDENCE_KEYS = ("require", "witness_quorum", "fence_agent")
+EVIDENCE_KEYS = ("require", "witness_quorum", "fence_agent", "fence")
 REBALANCE_KEYS = ("target_spread", "max_moves")
 
 
@@ -256,9 +256,16 @@ def read_evidence(r: Reader, node: yaml.Node | None, path: str) -> Evidence:
     if "witness_quorum" in f and r.string(f["witness_quorum"], join(path, "witness_quorum")) != "majority":
         quorum = r.integer(f["witness_quorum"], join(path, "witness_quorum"), minimum=1, maximum=1000)
     agent = r.word(f["fence_agent"], join(path, "fence_agent")) if "fence_agent" in f else None
-    if EvidenceKind.FENCE in required and agent is None:
+    waived = "fence" in f and r.choice(f["fence"], join(path, "fence"), ["required", "waived"]) == "waived"
+    if waived and EvidenceKind.FENCE in required:
+        raise r.fail(f["fence"], join(path, "fence"), "'fence: waived' contradicts 'fence' in require")
+    if not waived and EvidenceKind.FENCE not in required:
+        raise r.fail(f["require"], join(path, "require"),
+                     "restarting without a fence risks running a VM twice: add 'fence' (with a fence_agent), "
+                     "or say 'fence: waived' to accept that risk")
+    if EvidenceKind.FENCE in required and agent is None and "require" in f:
         raise r.fail(node, path, "'fence' evidence needs a fence_agent (a name from the controller configuration)")
-    return Evidence(required=required, witness_quorum=quorum, fence_agent=agent)
+    return Evidence(required=required, witness_quorum=quorum, fence_agent=agent, fence_waived=waived)
 
 
 def read_rebalance(r: Reader, node: yaml.Node | None, path: str) -> tuple[Rebalance, yaml.Node | None]:

@@ -189,11 +189,26 @@ class EvidenceKind(str, Enum):
 class Evidence:
     """What must be proven before a dead host's VMs are restarted elsewhere."""
 
-    # Fencing is required only when a policy names a fence agent for it: without one the
-    # lease and the witnesses are the evidence (docs/controller.md, "Dead hosts: evidence and fencing").
-    required: frozenset[EvidenceKind] = frozenset({EvidenceKind.LEASE_EXPIRED, EvidenceKind.WITNESSES})
+    # Fencing is required unless a policy waives it in so many words (`fence: waived`): lease
+    # and witnesses alone cannot tell a dead host from one cut off from etcd and its peers that
+    # still runs its VMs (docs/controller.md, "The restart gate").
+    required: frozenset[EvidenceKind] = frozenset(
+        {EvidenceKind.LEASE_EXPIRED, EvidenceKind.WITNESSES, EvidenceKind.FENCE})
     witness_quorum: int | None = None  # None = a majority of each host's witnesses (health.grading.quorum_for)
-    fence_agent: str | None = None  # name of an agent in the controller's configuration
+    # name of an agent in the controller's configuration; None = the controller's only one
+    fence_agent: str | None = None
+    fence_waived: bool = False  # the policy says `fence: waived`: restarts on lease + witnesses alone
+
+    def warnings(self) -> list[str]:
+        """What `drctl policy check` warns about (the policy is valid)."""
+        if self.fence_waived:
+            return ["waives fencing (evidence.fence: waived): a dead host's VMs are restarted on "
+                    f"{' + '.join(sorted(k.value for k in self.required))} alone; a host cut off from etcd "
+                    "and its witnesses that still runs them would run them twice"]
+        if EvidenceKind.FENCE in self.required and self.fence_agent is None:
+            return ["requires a fence but names no fence_agent: the controller fences with its only "
+                    "configured agent, and with none (or several) restarts nothing: a human must decide"]
+        return []
 
 
 @dataclass(frozen=True)
@@ -230,6 +245,16 @@ class Policy:
     rebalance: Rebalance = field(default_factory=Rebalance)
     dry_run: bool = False
     dropped: tuple[DroppedRule, ...] = ()
+
+    @property
+    def restarts(self) -> bool:
+        """Whether any rule (or override) may restart a VM: only then does evidence matter."""
+        specs = [s for r in self.actions for s in (r.spec, *(o.spec for o in r.overrides))]
+        return any(Action.RESTART in (s.action, s.fallback) for s in specs)
+
+    def warnings(self) -> list[str]:
+        """What `drctl policy check` warns about in a valid policy."""
+        return self.evidence.warnings() if self.restarts else []
 
     @property
     def triggers(self) -> tuple[Rule, ...]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay, wait_exponential_jitter
 
@@ -40,6 +40,7 @@ from drctl.runner.migration import CopyMode, MigrationJob, Outcome, ProgressCall
 from drctl.model.cluster import EscalationStep, Host, IntentKind, IntentState, Limits
 from drctl.runner.prechecks import CheckPolicy, CheckResult, DomainNeeds, domain_needs, check_destination, failed, gather, summary, tcp_reachable
 from drctl.runner.storage_prep import DirPoolPreparer, StoragePreparer
+from drctl.model.proof import proof_problem
 from drctl.store import Compare, EventKind, Store
 from drctl.store.keys import Keys
 from drctl.runner.verification import (DomainRunning, GuestHealth, Resolution, Where, close_quietly, locate, probe,
@@ -74,6 +75,10 @@ class RunnerConfig:
     retry_max_s: float = 15.0
     retry_total_s: float = 120.0
     resolve_attempts: int = 4  # lookups of where a VM runs before parking the intent
+    # a migration parked with its source unknown and nothing on the destination fails after
+    # this long in `migrating` (intent.park_expired): the source is dead or cut off, and only
+    # the controller's recovery (fence, restart) can bring the VM back
+    park_deadline_s: float = 60.0
     watch: WatchConfig = WatchConfig()
     checks: CheckPolicy = CheckPolicy()
     reserved_mib: Mapping[str, int] = field(default_factory=dict)  # per host, kept back from placement
@@ -266,10 +271,11 @@ class Runner:
                 it = self._on_verifying(it)
         return it
 
-    def _to(self, it: Intent, to: IntentState, reason: str, **changes: object) -> Intent:
-        """The runner's one door to a state change: under our claim."""
+    def _to(self, it: Intent, to: IntentState, reason: str, *, also: Sequence[Compare] = (),
+            **changes: object) -> Intent:
+        """The runner's one door to a state change: under our claim (and `also`)."""
         return intents.transition(self.store, self.keys, it, to, reason, self.clock.now(),
-                                  guards=[self._guard(it)], by=self.cfg.runner_id, **changes)
+                                  guards=[self._guard(it), *also], by=self.cfg.runner_id, **changes)
 
     def _guard(self, it: Intent) -> Compare:
         return intents.claim_guard(self.keys, it.id, self.cfg.runner_id, self._claims.get(it.id, 0))
@@ -477,12 +483,14 @@ class Runner:
                                     wait=wait_exponential_jitter(multiplier=1, max=8), sleep=self.clock.sleep,
                                     reraise=True, before_sleep=audit.retry_scheduled):
                 with attempt:
-                    res, detail = resolve(locate(self._hv, self._involved(it), it.vm), it.src, it.dst)
+                    where = locate(self._hv, self._involved(it), it.vm)
+                    res, detail = resolve(where, it.src, it.dst)
                     if res is Resolution.UNKNOWN:
                         raise OutcomeUnknown(detail)
                     return res, detail
         except OutcomeUnknown as e:
             audit.warn(events.INTENT_OUTCOME_UNKNOWN, intent=it.id, vm=it.vm, detail=str(e))
+            self._escalate_if_parked_too_long(it, where, str(e))
             raise _Park() from e
         raise AssertionError("unreachable")
 
@@ -588,6 +596,24 @@ class Runner:
         finally:
             close_quietly(dst)
 
+    def _escalate_if_parked_too_long(self, it: Intent, where: Mapping[str, Where], detail: str) -> None:
+        """Source unknown and nothing anywhere else: the source died (or is cut off) mid-
+        migration. Past `park_deadline_s` in `migrating`, fail the intent and say so: the
+        VM is then the dead host's to recover (fence + restart), which the controller does;
+        waiting longer would keep it from that for ever."""
+        others = [w for h, w in where.items() if h != it.src]
+        if (it.kind is not IntentKind.MIGRATE or it.state is not S.MIGRATING
+                or where.get(it.src) is not Where.UNKNOWN
+                or any(w not in (Where.ABSENT, Where.STOPPED) for w in others)):
+            return
+        parked_s = self.clock.now() - it.updated
+        if parked_s < self.cfg.park_deadline_s:
+            return
+        audit.warn(events.INTENT_PARK_EXPIRED, incident=it.incident, intent=it.id, vm=it.vm, src=it.src, dst=it.dst,
+                   parked_s=round(parked_s, 1), detail=detail)
+        self._to(it, S.FAILED, f"parked {parked_s:.0f}s with {it.src} not answering and {it.vm} on no other host "
+                               f"({detail}): given up; the recovery of {it.src} restarts it once fenced")
+
     # ---------------------------------------------------------------- resumed in migrating
     def _on_migrating_resumed(self, it: Intent) -> Intent:
         """A migration we did not start (crashed runner, parked intent): look first.
@@ -690,11 +716,17 @@ class Runner:
             raise PrecheckFailed(f"no stored definition for {it.vm}")
         where = locate(self._hv, self._involved(it), it.vm)
         running = sorted(h for h, w in where.items() if w is Where.RUNNING)
+        # a paused copy is a copy: a migration's incoming (or stalled outgoing) domain, or a
+        # guest an operator paused, runs again the moment someone resumes it
+        paused = sorted(h for h, w in where.items() if w is Where.PAUSED)
         detail = ", ".join(f"{h}={w.value}" for h, w in sorted(where.items()))
         if it.src in running:
             return self._to(it, S.FAILED, f"{it.vm} still runs on {it.src}: not restarting elsewhere ({detail})")
         if running and running != [it.dst]:
             return self._to(it, S.FAILED, f"{it.vm} already runs on {', '.join(running)} ({detail})")
+        if paused:
+            return self._to(it, S.FAILED, f"{it.vm} is paused on {', '.join(paused)}: a copy that runs again "
+                                          f"when resumed; not restarting ({detail}); a human must look")
         if any(w is Where.UNKNOWN for h, w in where.items() if h != it.src):
             raise HostUnreachable(f"cannot rule out a running copy of {it.vm}: {detail}")
         if running == [it.dst]:  # an earlier attempt started it: never twice
@@ -702,11 +734,21 @@ class Runner:
             return self._to(it, S.VERIFYING, "no second start")
         needs = domain_needs(xml)
         self._precheck(it, needs, with_address=False)
+        # The restart gate, last check before define/start: the source's fence proof, read
+        # now, must be the one this intent names; the transition below is guarded on it, so
+        # a proof replaced or removed after this read stops the start.
+        proof, proof_rev = intents.read_proof(self.store, self.keys, it.src)
+        problem = proof_problem(proof, proof_ref=it.proof, host=it.src, incident=it.incident)
+        if problem:
+            audit.warn(events.RESTART_REFUSED, incident=it.incident, intent=it.id, vm=it.vm, src=it.src,
+                       reason=problem, proof=it.proof or None)
+            return self._to(it, S.FAILED, f"restart refused: {problem}; nothing started")
         # a restart is a fresh boot: health implementations that can tell one apart
         # (console ticks start again from 1) get to mark it as such
         self._marks.setdefault(it.id, getattr(self.health, "mark_boot", self.health.mark)(it.vm))
-        it = self._to(it, S.MIGRATING, f"restarting on {it.dst} from the stored definition",
-                      attempt=it.attempt + 1, memory_mib=it.memory_mib or needs.memory_mib, definition=xml)
+        it = self._to(it, S.MIGRATING, f"restarting on {it.dst} from the stored definition (proof {it.proof})",
+                      also=[intents.proof_guard(self.keys, it.src, proof_rev)], attempt=it.attempt + 1,
+                      memory_mib=it.memory_mib or needs.memory_mib, definition=xml)
         box[0] = it
         t0 = self.clock.monotonic()
         hv = self._hv(it.dst)

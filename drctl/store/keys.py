@@ -10,6 +10,8 @@
     <prefix>incidents/<id>               incident record
     <prefix>intents/<id>                 one VM move, with state, attempts, term
     <prefix>intent-claims/<id>           the runner that holds an intent, bound to its lease
+    <prefix>fence-proofs/<host>          the host's fencing proof for its current incident
+                                         (model/proof.py): what every restart intent names
 
 Names (hosts, VMs, ids) must not contain "/": a name with one would read back as a
 different record, so it is refused here rather than found later in a listing.
@@ -103,6 +105,13 @@ class Keys:
 
     def intent_claim(self, intent_id: str) -> str:
         return f"{self.intent_claims_prefix()}{_name('intent', intent_id)}"
+
+    # ------------------------------------------------------------ the restart gate
+    def fence_proofs_prefix(self) -> str:
+        return f"{self.prefix}fence-proofs/"
+
+    def fence_proof(self, host: str) -> str:
+        return f"{self.fence_proofs_prefix()}{_name('host', host)}"
 
     @staticmethod
     def last_segment(key: str) -> str:

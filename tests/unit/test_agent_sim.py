@@ -155,3 +155,28 @@ def test_choose_witnessed_is_a_ring() -> None:
     peers = [Peer(h, "") for h in ("a", "b", "c", "d")]
     assert [p.name for p in choose_witnessed("c", peers, 2)] == ["d", "a"]
     assert choose_witnessed("a", peers, 0) == [] and len(choose_witnessed("a", peers, 9)) == 3
+
+
+def test_witness_calls_a_peer_unreachable_only_after_failures_spanning_a_lease_ttl(world: World) -> None:
+    """Issue 12, case 2: a blip shorter than the lease TTL (a NIC flap, a slow libvirtd) must
+    not count as a witness confirming the host down; failures that last do."""
+    from drctl.model.records import parse_witness
+
+    def confirming() -> list[str]:
+        kvs, _ = world.store.get_prefix(KEYS.witness_prefix("hv2"))
+        reports = [parse_witness(kv.key, kv.value) for kv in kvs]
+        return sorted(r.witness for r in reports if not r.libvirt_reachable)
+
+    ttl = world.agents["hv1"].cfg.lease_ttl_s
+    world.sim.hosts["hv2"].up = False
+    seen: list[str] = []
+    start = world.clock.now()
+    while world.clock.now() - start < ttl * 0.9:
+        world.drive(0.05)
+        seen += confirming()
+    assert seen == [], f"witnesses confirmed hv2 down after {world.clock.now() - start:.1f}s < TTL {ttl}s"
+    world.drive(ttl + 1.5)
+    assert confirming(), "failures spanning more than a lease TTL must be reported"
+    world.sim.hosts["hv2"].up = True
+    world.drive(1.5)
+    assert confirming() == []

@@ -12,6 +12,7 @@ from drctl.control.election import Election
 from drctl.health.grading import Grade, HealthRecord, WitnessReport
 from drctl.control.intents import list_intents
 from drctl.model.cluster import IntentKind
+from drctl.model.proof import FenceBasis, parse_proof
 from drctl.policy import compile_policy
 from drctl.store.memory import MemoryStore
 from drctl.store.keys import Keys
@@ -29,6 +30,7 @@ rules:
     action: restart
 evidence:
   require: [lease-expired, witnesses]
+  fence: waived
 limits:
   blast_radius: {max_hosts: 1}
 """,
@@ -110,12 +112,18 @@ def test_dead_host_restarts_only_after_lease_and_witness_evidence(cluster: Clust
         cluster.report(down=("h1",))
     sentence = loop.tick_once(lead)  # type: ignore[arg-type]
     assert "opened inc-h1-" in sentence and "recover" in sentence
+    # this policy waives fencing: the waiver is recorded as the proof first, then restarts
+    assert "fence proof" in sentence and "waived" in sentence and not list_intents(cluster.store, cluster.keys)
+    loop.tick_once(lead)  # type: ignore[arg-type]
     intents = list_intents(cluster.store, cluster.keys)
     assert sorted(i.vm for i in intents) == ["web-1", "web-2"]
     assert all(i.kind is IntentKind.RESTART for i in intents)
     kvs, _ = cluster.store.get_prefix(cluster.keys.incidents_prefix())
     inc = incident_from_json(kvs[0].value)
     assert set(inc.evidence) == {"lease-expired", "witnesses"}
+    proof = parse_proof("p", cluster.store.get(cluster.keys.fence_proof("h1")).value)  # type: ignore[union-attr]
+    assert proof.fence is FenceBasis.WAIVED and proof.incident == inc.id and proof.term == lead.term  # type: ignore[attr-defined]
+    assert all(i.proof == proof.id for i in intents)
 
 
 def test_deposed_leader_gets_no_write_accepted(cluster: Cluster) -> None:
@@ -134,3 +142,94 @@ def test_deposed_leader_gets_no_write_accepted(cluster: Cluster) -> None:
     assert list_intents(cluster.store, cluster.keys) == []
     kvs, _ = cluster.store.get_prefix(cluster.keys.incidents_prefix())
     assert kvs == []
+
+
+# ------------------------------------------------------------------ issue 12, case 1: the restart gate
+
+FENCED = compile_policy(
+    """
+version: 1
+name: fenced
+rules:
+  - name: drain
+    when: {maintenance: requested}
+    action: live-migrate
+  - name: restart-dead
+    when: {state: dead, for: 0s}
+    action: restart
+evidence:
+  require: [lease-expired, witnesses, fence]
+  fence_agent: sim
+limits:
+  blast_radius: {max_hosts: 1}
+""",
+    "fenced.yaml",
+)
+
+
+class OffAgent:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def off(self, host: str):  # type: ignore[no-untyped-def]
+        from drctl.fencing.agents import FenceResult
+
+        self.calls.append(host)
+        return FenceResult(host, "sim", True, "power off confirmed (sim)")
+
+    def status(self, host: str):  # type: ignore[no-untyped-def]
+        raise NotImplementedError
+
+
+def _kill_h1(cluster: Cluster) -> None:
+    for _ in range(3):
+        cluster.clock.advance(1.0)
+        cluster.report(down=("h1",))
+
+
+def test_restart_intents_exist_only_with_the_fence_proof_they_name(cluster: Cluster) -> None:
+    import time
+
+    agent = OffAgent()
+    loop = ControllerLoop(cluster.store, cluster.keys, FENCED, "c1", clock=cluster.clock, fence_agents={"sim": agent})
+    loop.election.campaign()
+    lead = loop.election.current()
+    assert lead is not None
+    loop.tick_once(lead)
+    _kill_h1(cluster)
+    assert "requested fencing of h1" in loop.tick_once(lead)
+    assert list_intents(cluster.store, cluster.keys) == []  # nothing before the fence answered
+    for _ in range(100):  # the fence runs in the background
+        if not loop.state.fencing:
+            break
+        time.sleep(0.01)
+    proof = parse_proof("p", cluster.store.get(cluster.keys.fence_proof("h1")).value)  # type: ignore[union-attr]
+    assert proof.fence is FenceBasis.OFF and proof.term == lead.term and proof.agent == "sim"
+    loop.tick_once(lead)
+    intents = list_intents(cluster.store, cluster.keys)
+    assert sorted(i.vm for i in intents) == ["web-1", "web-2"]
+    assert all(i.kind is IntentKind.RESTART and i.proof == proof.id for i in intents)
+
+
+def test_drain_of_a_host_that_died_writes_no_restart(cluster: Cluster) -> None:
+    """The lab policy lists `drain` before `restart-dead`: a drain requested for a dead host
+    opened a drain incident that restarted its VMs with nobody fencing it."""
+    loop = ControllerLoop(cluster.store, cluster.keys, FENCED, "c1", clock=cluster.clock, fence_agents={})
+    loop.election.campaign()
+    lead = loop.election.current()
+    assert lead is not None
+    loop.tick_once(lead)
+    cluster.store.put(cluster.keys.maintenance("h1"), b'{"host": "h1", "reason": "test"}')
+    _kill_h1(cluster)
+    loop.tick_once(lead)
+    assert not [i for i in list_intents(cluster.store, cluster.keys) if i.kind is IntentKind.RESTART]
+
+
+def test_incident_rounds_survive_the_record() -> None:
+    """Re-planning counts rounds in the incident record: they must read back (case 9)."""
+    from drctl.control.loop import incident_to_json
+    from drctl.control.tick import Incident, IncidentKind, IncidentPhase
+
+    inc = Incident("inc-h1-1", IncidentKind.DRAIN, "h1", "drain", "p", 1.0, IncidentPhase.ACTING,
+                   rounds=3, planned_at=42.5)
+    assert incident_from_json(incident_to_json(inc)) == inc

@@ -227,3 +227,37 @@ def test_check_errors_exit_2_one_line_each(tmp_path: Path) -> None:
         f"drctl: error: {bad}:6:5: rules[0].acton: unknown key (did you mean 'action'?)",
     ]
     assert "Traceback" not in result.output
+
+
+# ---------------------------------------------------------------- issue 12, case 2: fencing by default
+
+
+def test_default_evidence_requires_a_fence() -> None:
+    """A policy that says nothing about evidence, and the built-in policy, fence before restarting."""
+    bare = compile_policy("version: 1\nname: bare\nrules:\n  - name: r\n    when: {state: dead}\n    action: restart\n",
+                          "bare.yaml")
+    assert EvidenceKind.FENCE in bare.evidence.required and not bare.evidence.fence_waived
+    assert EvidenceKind.FENCE in default_policy().evidence.required
+
+
+def test_dropping_the_fence_must_be_said_explicitly() -> None:
+    text = ("version: 1\nname: nofence\nrules:\n  - name: r\n    when: {state: dead}\n    action: restart\n"
+            "evidence:\n  require: [lease-expired, witnesses]\n")
+    with pytest.raises(PolicyError) as e:
+        compile_policy(text, "nofence.yaml")
+    assert "fence: waived" in str(e.value)
+    waived = compile_policy(text + "  fence: waived\n", "nofence.yaml")
+    assert EvidenceKind.FENCE not in waived.evidence.required and waived.evidence.fence_waived
+    with pytest.raises(PolicyError):  # both at once is a contradiction
+        compile_policy(text.replace("witnesses]", "witnesses, fence]") + "  fence_agent: x\n  fence: waived\n", "x.yaml")
+
+
+def test_check_warns_when_a_policy_waives_fencing(tmp_path: Path) -> None:
+    p = tmp_path / "nofence.yaml"
+    p.write_text("version: 1\nname: nofence\nrules:\n  - name: r\n    when: {state: dead}\n    action: restart\n"
+                 "evidence:\n  require: [lease-expired, witnesses]\n  fence: waived\n")
+    result = CliRunner().invoke(cli, ["policy", "check", str(p)])
+    assert result.exit_code == 0, result.output
+    assert "warning" in result.output and "waives fencing" in result.output
+    quiet = CliRunner().invoke(cli, ["policy", "check", str(POLICIES / "disaster-recovery.yaml")])
+    assert "waives fencing" not in quiet.output

@@ -36,7 +36,7 @@ def test_a_new_field_and_a_malformed_intent_do_not_stop_the_listing(world) -> No
     assert create_intents(store, KEYS, [_intent("web-1", "mig-a"), _intent("web-2", "mig-b")])
     # a newer controller added a field (rolling upgrade), also inside params
     newer = json.loads(store.get(KEYS.intent("mig-a")).value)
-    newer["proof"] = {"incident": "inc-1", "term": 3}
+    newer["witnessed_by"] = {"incident": "inc-1", "term": 3}  # not a field this release knows
     newer["params"]["new_knob"] = 7
     store.put(KEYS.intent("mig-a"), json.dumps(newer).encode())
     # and one record nobody can read

@@ -15,6 +15,7 @@ from drctl.control.intents import Intent, IntentParams, new_intent
 from drctl.lab.guest import GuestImage, domain_xml
 from drctl.runner.migration import WatchConfig
 from drctl.model.cluster import IntentKind, IntentState, Limits, Move
+from drctl.model.proof import FenceProof, FenceBasis, proof_id
 from drctl.runner.executor import Runner, RunnerConfig
 from drctl.store import Compare
 from drctl.store.keys import Keys
@@ -46,9 +47,19 @@ class World:
         hv.start(name)
         return xml
 
+    def fence(self, host: str = "h1", incident: str = "inc-1", term: int = 7) -> str:
+        """Record the fence proof the leader writes once `host` is confirmed off."""
+        proof = FenceProof(proof_id(incident, term), host, incident, term, ("lease-expired", "witnesses"),
+                           FenceBasis.OFF, "sim", "off")
+        self.store.put(self.keys.fence_proof(host), proof.to_json())
+        return proof.id
+
     def intent(self, vm: str, src: str = "h1", dst: str = "h2", candidates: tuple[str, ...] = ("h3",),
-               kind: IntentKind = IntentKind.MIGRATE, **params: object) -> Intent:
-        it = new_intent(Move(vm, src, dst, kind=kind, reason="test"), "inc-1", 7, self.clock.now(),
+               kind: IntentKind = IntentKind.MIGRATE, proof: str | None = None, **params: object) -> Intent:
+        if proof is None and kind is IntentKind.RESTART:
+            proof = self.fence(src)  # what the controller does before any restart intent exists
+        move = Move(vm, src, dst, kind=kind, reason="test", proof=proof or "")
+        it = new_intent(move, "inc-1", 7, self.clock.now(),
                         IntentParams(**params), candidates)  # type: ignore[arg-type]
         assert intents.create_intents(self.store, self.keys, [it])
         got = intents.get_intent(self.store, self.keys, it.id)  # with its revision
@@ -352,3 +363,69 @@ def test_prechecks_name_each_failure() -> None:
     for name in ("dest-healthy", "dest-memory", "cpu-compatible", "machine-type"):
         assert name in text
     assert "incoming 600" in text
+
+
+# ------------------------------------------------------------------ issue 12: the restart gate
+
+
+def test_paused_copy_on_another_host_blocks_a_restart(world: World) -> None:
+    """Case 4: a paused (or incoming, mid-migration) copy counts as a copy: resuming it
+    later would run the VM twice."""
+    from drctl.hypervisor import DomainState
+
+    xml = world.vm("db-5", host="h3")
+    world.cluster.hosts["h3"].domains["db-5"].state = DomainState.PAUSED
+    world.store.put(world.keys.vm_definition("db-5"), xml.encode())
+    world.cluster.hosts["h1"].up = False  # fenced
+    it = world.intent("db-5", kind=IntentKind.RESTART, dst="h2", candidates=())
+    done = world.runner().execute(it.id)
+    assert done is not None and done.state is IntentState.FAILED, done and done.reason
+    assert "paused on h3" in done.reason
+    assert "db-5" not in world.cluster.hosts["h2"].domains and not world.events("vm.restarted")
+
+
+def test_restart_without_a_recorded_fence_proof_starts_nothing(world: World) -> None:
+    """Case 1: the runner re-reads the source's fence proof right before define/start."""
+    xml = world.vm("db-6")
+    world.store.put(world.keys.vm_definition("db-6"), xml.encode())
+    world.cluster.hosts["h1"].domains.clear()
+    world.cluster.hosts["h1"].up = False  # down, but nobody fenced it: it may come back running
+    it = world.intent("db-6", kind=IntentKind.RESTART, proof="")
+    done = world.runner().execute(it.id)
+    assert done is not None and done.state is IntentState.FAILED and "restart refused" in done.reason
+    assert world.cluster.where("db-6") == [] and not world.events("vm.restarted")
+    assert world.events("restart.refused")
+
+
+def test_restart_whose_proof_was_replaced_or_removed_starts_nothing(world: World) -> None:
+    xml = world.vm("db-7")
+    world.store.put(world.keys.vm_definition("db-7"), xml.encode())
+    world.cluster.hosts["h1"].domains.clear()
+    world.cluster.hosts["h1"].up = False
+    stale = world.intent("db-7", kind=IntentKind.RESTART)  # names inc-1@7
+    world.fence("h1", incident="inc-2", term=9)  # a newer incident of h1 fenced it again
+    done = world.runner().execute(stale.id)
+    assert done is not None and done.state is IntentState.FAILED and "inc-2@9" in done.reason
+    world.store.delete(world.keys.fence_proof("h1"))  # the incident closed: its proof went with it
+    again = world.intent("db-7", kind=IntentKind.RESTART, proof="inc-1@7", candidates=())
+    done2 = world.runner().execute(again.id)
+    assert done2 is not None and done2.state is IntentState.FAILED and "no fence proof" in done2.reason
+    assert world.cluster.where("db-7") == [] and not world.events("vm.restarted")
+
+
+def test_parked_migration_whose_source_died_escalates_after_its_deadline(world: World) -> None:
+    """Case 8: source unknown + destination absent parks the intent; past the deadline it
+    fails with an audit event, so the VM is not held by a migration that will never end
+    (the controller's recovery of the dead host restarts it)."""
+    world.vm("web-9")
+    it = world.intent("web-9")
+    it = intents.transition(world.store, world.keys, it, IntentState.CHECKING, "test", world.clock.now())
+    it = intents.transition(world.store, world.keys, it, IntentState.MIGRATING, "test", world.clock.now())
+    world.cluster.hosts["h1"].up = False  # the source died mid-migration; nothing arrived on h2
+    first = world.runner().execute(it.id)
+    assert first is not None and first.state is IntentState.MIGRATING  # parked: cannot tell yet
+    world.clock.advance(world.cfg.park_deadline_s + 1)
+    later = world.runner().execute(it.id)
+    assert later is not None and later.state is IntentState.FAILED, later and later.reason
+    assert "parked" in later.reason and world.events("intent.park_expired")
+    assert world.cluster.where("web-9") == ["h1"]  # the sim keeps the dead host's domain; no other copy

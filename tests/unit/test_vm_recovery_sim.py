@@ -40,6 +40,7 @@ rules:
     action: restart
 evidence:
   require: [lease-expired, witnesses]
+  fence: waived  # no fence agent in this test; dropping the fence must be said (issue 12, case 2)
 """,
     "sim.yaml",
 )
