@@ -263,15 +263,20 @@ def _available_mib(host: Host, ledger: Ledger, rules: PlacementRules) -> float:
 
 
 @dataclass(frozen=True)
-class _GroupView:
-    """Where a VM's groups already are, computed once per VM (not once per host)."""
+class GroupView:
+    """Where a VM's groups already are, computed once per VM (not once per host).
+
+    Unlike memory and incoming slots, which a growing plan only uses up, group positions
+    move: a reservation takes the member off its (evacuated) source. Whoever explains a
+    decision later keeps the view of when it was made and passes it to `evaluate`.
+    """
 
     anti_hosts: frozenset[str]  # hosts holding another member of its anti-affinity group
     anti_domains: frozenset[str]
     affinity_hosts: frozenset[str]
 
     @classmethod
-    def of(cls, vm: VM, snap: Snapshot, rules: PlacementRules, ledger: Ledger) -> _GroupView:
+    def of(cls, vm: VM, snap: Snapshot, rules: PlacementRules, ledger: Ledger) -> GroupView:
         if not vm.anti_affinity_group and not vm.affinity_group:
             return _NO_GROUPS  # most VMs: skip the work below
         here = ledger.host_of(vm)
@@ -288,10 +293,10 @@ class _GroupView:
         return cls(anti, domains, affinity)
 
 
-_NO_GROUPS = _GroupView(frozenset(), frozenset(), frozenset())
+_NO_GROUPS = GroupView(frozenset(), frozenset(), frozenset())
 
 
-def _dynamic_checks(vm: VM, host: Host, rules: PlacementRules, ledger: Ledger, groups: _GroupView) -> list[bool]:
+def _dynamic_checks(vm: VM, host: Host, rules: PlacementRules, ledger: Ledger, groups: GroupView) -> list[bool]:
     """One flag per dynamic rule, True = violated; cheap enough for `choose`'s inner loop."""
     domain = host.labels.get(rules.failure_domain_label)
     return [
@@ -302,7 +307,7 @@ def _dynamic_checks(vm: VM, host: Host, rules: PlacementRules, ledger: Ledger, g
     ]
 
 
-def _dynamic_reasons(vm: VM, host: Host, rules: PlacementRules, ledger: Ledger, groups: _GroupView) -> list[str]:
+def _dynamic_reasons(vm: VM, host: Host, rules: PlacementRules, ledger: Ledger, groups: GroupView) -> list[str]:
     memory, anti, domain, incoming = _dynamic_checks(vm, host, rules, ledger, groups)
     reasons = []
     if memory:
@@ -386,7 +391,7 @@ class _Index:
             self._usable[needs] = usable
         return self._usable[needs]
 
-    def score(self, needs: _Needs, host: Host, groups: _GroupView) -> float:
+    def score(self, needs: _Needs, host: Host, groups: GroupView) -> float:
         bonus = _class_bonus(needs, host, self.rules)
         if host.name in groups.affinity_hosts:
             bonus += _AFFINITY_GROUP_BONUS
@@ -397,14 +402,19 @@ class _Index:
 
 
 def _prepare(
-    vm: VM, snap: Snapshot, rules: PlacementRules, ledger: Ledger | None, exclude: frozenset[str]
-) -> tuple[Ledger, _Index, _Needs, _GroupView, str]:
+    vm: VM,
+    snap: Snapshot,
+    rules: PlacementRules,
+    ledger: Ledger | None,
+    exclude: frozenset[str],
+    groups: GroupView | None = None,
+) -> tuple[Ledger, _Index, _Needs, GroupView, str]:
     ledger = Ledger(snap) if ledger is None else ledger
     return (
         ledger,
         ledger.index(snap, rules, exclude),
         _Needs.of(vm, rules, snap),
-        _GroupView.of(vm, snap, rules, ledger),
+        GroupView.of(vm, snap, rules, ledger) if groups is None else groups,
         ledger.host_of(vm),
     )
 
@@ -415,9 +425,13 @@ def evaluate(
     rules: PlacementRules,
     ledger: Ledger | None = None,
     exclude: frozenset[str] = frozenset(),
+    groups: GroupView | None = None,
 ) -> list[Candidate]:
-    """Every host but the VM's current one, eligible (best first) then rejected (by name)."""
-    ledger, index, needs, groups, here = _prepare(vm, snap, rules, ledger, exclude)
+    """Every host but the VM's current one, eligible (best first) then rejected (by name).
+
+    `groups`: where the VM's groups were when it was decided (`GroupView.of` then), for an
+    explanation worked out after more moves were reserved; by default, where they are now."""
+    ledger, index, needs, groups, here = _prepare(vm, snap, rules, ledger, exclude, groups)
     out = []
     static: dict[int, tuple[str, ...]] = {}  # per class: hashing `needs` once per host adds up
     for name in sorted(snap.hosts):

@@ -181,16 +181,25 @@ class _LazyReasons(Mapping[str, tuple[str, ...]]):
 
     Explaining costs a check of every host, so it is only paid when someone reads it (the
     JSON output, an operator, a test), not by a controller that only counts what failed.
-    It reads the plan's final ledger, which nothing changes once the plan is made: capacity
-    only shrinks as a plan grows, so these reasons hold for the plan as a whole.
+    It reads the plan's final ledger, which nothing changes once the plan is made: memory
+    and incoming slots only shrink as a plan grows, so a host short of them when the VM was
+    decided still is. Group positions do not shrink (a later move can take the last member
+    of an anti-affinity group out of a host or rack), so `groups` is the view of when the
+    VM was decided: every host refused then keeps a reason.
     """
 
     def __init__(
-        self, vm: VM, snap: Snapshot, rules: PlacementRules, ledger: placement.Ledger, exclude: frozenset[str]
+        self,
+        vm: VM,
+        snap: Snapshot,
+        rules: PlacementRules,
+        ledger: placement.Ledger,
+        exclude: frozenset[str],
+        groups: placement.GroupView,
     ) -> None:
-        self._args: tuple[VM, Snapshot, PlacementRules, placement.Ledger, frozenset[str]] | None = (
-            vm, snap, rules, ledger, exclude,
-        )
+        self._args: (
+            tuple[VM, Snapshot, PlacementRules, placement.Ledger, frozenset[str], placement.GroupView] | None
+        ) = (vm, snap, rules, ledger, exclude, groups)
         self._reasons: dict[str, tuple[str, ...]] = {}
 
     def _get(self) -> dict[str, tuple[str, ...]]:
@@ -236,7 +245,7 @@ def plan_evacuation(
     ledger = placement.Ledger(snap)
     placed: list[tuple[VM, str, IntentKind]] = []
     unplaced: dict[str, Mapping[str, tuple[str, ...]]] = {}
-    failed: list[VM] = []
+    failed: list[tuple[VM, placement.GroupView]] = []  # with where its groups were when it failed
     vms = _order((v for v in snap.vms.values() if v.host in evacuating), vm_order)
     for vm in vms:
         state = snap.hosts[vm.host].state
@@ -250,12 +259,12 @@ def plan_evacuation(
         elif kind is IntentKind.RESTART and vm.local_disk_gib > 0:
             unplaced[vm.name] = _every_host(snap, f"local disks are on {vm.host}, which is down")
         elif (best := placement.choose(vm, snap, rules, ledger, evacuating)) is None:
-            failed.append(vm)
+            failed.append((vm, placement.GroupView.of(vm, snap, rules, ledger)))
         else:
             ledger.reserve(vm, best.host)
             placed.append((vm, best.host, kind))
-    for vm in failed:
-        unplaced[vm.name] = _LazyReasons(vm, snap, rules, ledger, evacuating)
+    for vm, groups in failed:
+        unplaced[vm.name] = _LazyReasons(vm, snap, rules, ledger, evacuating, groups)
     before = _free_spread_pct(snap, placement.Ledger(snap), _receivers(snap, evacuating))
     plan = _finish(snap, limits, placed, [(v, unplaced[v.name]) for v in vms if v.name in unplaced])
     plan.summary.update(

@@ -145,6 +145,32 @@ def test_unplaced_vm_lists_reasons_for_every_host() -> None:
     assert plan.to_json()["unplaced"][0]["reasons"]["hv2"] == ["maintenance"]
 
 
+def test_unplaced_reasons_are_those_of_when_the_vm_was_decided() -> None:
+    # Found by the evacuation property test: "big" is decided first and hv1 is refused
+    # because "small", of the same anti-affinity group, is still in rack r0 (on hv0). Then
+    # "small" moves to hv2 (no rack label, a domain of its own), which empties r0 of the
+    # group; reasons worked out from the final ledger found nothing wrong with hv1.
+    hosts = {
+        "hv0": Host("hv0", 65536, 32, labels={"rack": "r0"}),
+        "hv1": Host("hv1", 65536, 32, labels={"rack": "r0"}),
+        "hv2": Host("hv2", 4096, 8),  # room for "small" only
+    }
+    vms = {
+        "big": VM("big", "hv0", 8192, priority=3, anti_affinity_group="b"),
+        "small": VM("small", "hv0", 1024, priority=1, anti_affinity_group="b"),
+    }
+    rules = PlacementRules(spread_anti_affinity_across_domains=True)
+    snap = Snapshot(hosts, vms)
+    plan = planner.plan_evacuation(snap, ["hv0"], rules, Limits())
+    assert [(m.vm, m.dst) for m in plan.moves] == [("small", "hv2")]
+    (u,) = plan.unplaced
+    assert u.vm == "big"
+    assert u.reasons["hv1"] == ("failure-domain: group b already in rack r0",)
+    # memory is read after the whole plan ("small" took 1 GiB): it only shrinks, so it holds
+    assert u.reasons["hv2"] == ("memory: needs 8192 MiB + 10% headroom, 3072 MiB free",)
+    assert check_plan(snap, plan, rules, Limits(), ["hv0"]) == []
+
+
 def test_two_moves_never_fill_the_same_gap() -> None:
     hosts = {"hv0": Host("hv0", 65536, 32), "hv1": Host("hv1", 6144, 8)}  # room for one 4 GiB VM + 10 %
     vms = {n: VM(n, "hv0", 4096) for n in ("a", "b")}
