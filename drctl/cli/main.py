@@ -42,6 +42,7 @@ def _register() -> None:
     from drctl.cli import audit_cmd; cli.add_command(audit_cmd.audit)  # noqa: E702
     from drctl.cli import postmortem_cmd as pm; cli.add_command(pm.postmortem); cli.add_command(pm.replay)  # noqa: E702
     from drctl.cli import agent_cmd; cli.add_command(agent_cmd.agent)  # noqa: E702
+    from drctl.cli import sim_cmd; cli.add_command(sim_cmd.sim)  # noqa: E702
 
 
 _register()

@@ -81,7 +81,7 @@ class _NoLock:
 
 
 @contextmanager
-def patched(sched: Scheduler, world: World, seed: int) -> Iterator[None]:
+def patched(sched: Scheduler, world: World, seed: int, disabled: tuple[str, ...] = ()) -> Iterator[None]:
     """Swap the substitutes in for the duration of one simulation."""
     shim = SimThreading(sched)
     saved: list[tuple[Any, str, Any]] = []
@@ -102,6 +102,8 @@ def patched(sched: Scheduler, world: World, seed: int) -> Iterator[None]:
         return world.connect_for(actor.process)(uri, timeout_s)
 
     swap(libvirt_adapter, "connect", connect)
+    if "claims" in disabled:
+        _disable_claims(swap)
     world.cluster.lock = _NoLock()  # type: ignore[assignment]
     state = random.getstate()
     random.seed(seed)  # tenacity's jitter uses the module-level generator
@@ -111,6 +113,22 @@ def patched(sched: Scheduler, world: World, seed: int) -> Iterator[None]:
         random.setstate(state)
         for obj, attr, value in reversed(saved):
             setattr(obj, attr, value)
+
+
+def _disable_claims(swap: Any) -> None:
+    """Every runner takes every intent (the teeth test: the search must notice)."""
+    from drctl.control import intents
+    from drctl.store import Compare
+
+    def claim(store: Any, keys: Any, intent_id: str, runner_id: str, lease_id: int) -> bool:
+        store.put(keys.intent_claim(intent_id), runner_id.encode(), lease=lease_id)
+        return True
+
+    def claim_guard(keys: Any, intent_id: str, runner_id: str) -> Any:
+        return Compare.absent(keys.prefix + "sim/no-claim-guard")
+
+    swap(intents, "claim", claim)
+    swap(intents, "claim_guard", claim_guard)
 
 
 # ====================================================================== agent

@@ -169,8 +169,8 @@ class Checker:
     def at_end(self, faults_stopped: float, settle_s: float) -> None:
         """I6: once the faults stopped `settle_s` ago, no incident may still be open."""
         now = self.world.sched.now()
-        if now < faults_stopped + settle_s:
-            return
+        if now < faults_stopped + settle_s or self.frozen:
+            return  # a frozen controller has asked for a human already
         for k, kv in sorted(self.world.store._data.items()):
             if not k.startswith(self.keys.incidents_prefix()):
                 continue

@@ -63,7 +63,9 @@ class Spec:
     seed: int = 1
     restart_after_s: float | None = 5.0  # a crashed daemon is restarted (systemd); None = never
     bandwidth_mibs: float = 1024.0
-    guard_writes: bool = True  # False: the teeth test switches the leader's lease guard off
+    # safety mechanisms switched off on purpose, in the simulator only (the search's teeth
+    # test): "lease-guard" (the leader's writes), "claims" (one runner per intent)
+    disabled: tuple[str, ...] = ()
 
 
 UNDO = {
@@ -72,7 +74,7 @@ UNDO = {
     "controller-freeze": "controller-thaw", "cut": "heal", "partition": "heal-partition", "etcd-down": "etcd-up",
     "degrade": "recover-hardware", "drain": "undrain", "fence-mode": "fence-ok",
 }
-ACTIONS = sorted(set(UNDO) | set(UNDO.values()) | {"migration-fault", "autostart"})
+ACTIONS = sorted(set(UNDO) | set(UNDO.values()) | {"migration-fault", "autostart", "vm-crash", "store-put"})
 
 
 @dataclass
@@ -99,6 +101,7 @@ class Simulation:
             self.world.add_vm(v.name, v.host, v.memory_mib, v.requires, v.dirty)
         self.checker = Checker(self.world, self.keys, [v.name for v in spec.vms], spec.recovery_bound_s, T0)
         self.operator = self.sched.new_process("operator", "operator", "operator")
+        self.finished = False
 
     # ------------------------------------------------------------------ log
     def _t(self) -> str:
@@ -128,7 +131,7 @@ class Simulation:
         self.procs[p.name] = p
 
     def _start_replica(self, name: str) -> None:
-        p = daemons.start_replica(self.world, self.keys, self.spec.policy, name, guard_writes=self.spec.guard_writes)
+        p = daemons.start_replica(self.world, self.keys, self.spec.policy, name, guard_writes="lease-guard" not in self.spec.disabled)
         p.on_crash = self._crashed
         self.procs[name] = p
 
@@ -140,7 +143,7 @@ class Simulation:
         name = proc.name
 
         def restart() -> None:
-            if self.procs.get(name) is not proc or not self._node_up(proc.node):
+            if self.finished or self.procs.get(name) is not proc or not self._node_up(proc.node):
                 return  # replaced or its machine is down meanwhile
             self.note(name, "sim.process_restarted")
             if proc.role == "agent":
@@ -209,6 +212,13 @@ class Simulation:
             w.migration_faults[str(g("vm"))] = str(g("fault", "fail"))
         elif do == "autostart":
             w.autostart.add(str(g("vm")))
+        elif do == "vm-crash":
+            w.crash_vm(str(g("vm")))
+        elif do == "store-put":  # an operator (or an older/newer drctl) writes a record as is
+            try:
+                w.store_for(self.operator).put(self.keys.prefix + str(g("key")), str(g("value")).encode())
+            except Exception as e:  # noqa: BLE001
+                self.note("operator", "sim.command_failed", do=do, error=str(e)[:160])
         elif do in ("drain", "undrain"):
             try:
                 (daemons.operator_drain if do == "drain" else daemons.operator_undrain)(
@@ -236,7 +246,7 @@ class Simulation:
         sink.lines = _Capture(self._audit_line)  # type: ignore[assignment]
         self.world.observer = self._observe
         try:
-            with daemons.patched(self.sched, self.world, self.spec.seed):
+            with daemons.patched(self.sched, self.world, self.spec.seed, self.spec.disabled):
                 for h in self.spec.hosts:
                     self._start_agent(h.name)
                 for i, c in enumerate(self.spec.controllers):
@@ -260,10 +270,11 @@ class Simulation:
                         break
                 else:
                     self.sched._t = max(self.sched._t, end)
-                    self.checker.at_end(self.faults_stopped(), self.spec.settle_s)
+                    self.checker.at_end(T0 + self.faults_stopped(), self.spec.settle_s)
                     after()
                 steps = self.sched.steps
                 sim_s = self.sched.now() - T0
+                self.finished = True
                 self.sched.shutdown()
         finally:
             audit._sink = saved_sink

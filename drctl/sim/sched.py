@@ -16,6 +16,7 @@ Processes group actors: killing one (SIGKILL, power off) makes every actor of it
 """
 from __future__ import annotations
 
+import _thread
 import threading
 import traceback
 from collections.abc import Callable
@@ -50,12 +51,19 @@ class Process:
     data: dict[str, Any] = field(default_factory=dict)  # glue's handles (loop, runner, ...)
 
 
+def _held_lock() -> Any:
+    """A raw lock, taken: release() lets its owner through once (a cheap binary semaphore)."""
+    lock = _thread.allocate_lock()
+    lock.acquire()
+    return lock
+
+
 @dataclass(eq=False)
 class Actor:
     name: str
     process: Process
     role: str
-    go: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(0))
+    go: Any = field(default_factory=_held_lock)
     done: bool = False
     token: int = 0
     finished: "SimEvent | None" = None
@@ -66,7 +74,7 @@ class Scheduler(SimClock):
 
     def __init__(self, start: float = 1_700_000_000.0) -> None:
         super().__init__(start)
-        self._back = threading.Semaphore(0)
+        self._back = _held_lock()
         self._tls = threading.local()
         self.current: Actor | None = None
         self.steps = 0

@@ -273,6 +273,13 @@ class World:
             else:
                 del h.domains[vm]
 
+    def crash_vm(self, vm: str) -> None:
+        """The guest crashes (or someone destroys it) on a live host."""
+        for name, h in self.cluster.hosts.items():
+            d = h.domains.get(vm)
+            if d is not None and d.state is DomainState.RUNNING and (name, vm) not in self.incoming:
+                d.state = DomainState.CRASHED
+
     # ------------------------------------------------------------------ etcd
     def etcd(self, up: bool) -> None:
         self.etcd_down = not up
@@ -311,11 +318,14 @@ class StoreClient:
         self.world, self.proc, self.inner = world, proc, world.store
         self.clock = world.sched
 
-    def _enter(self) -> None:
+    def _enter(self, write: bool = False) -> None:
+        """Every call: a dead process's call never lands; a write first yields one round
+        trip (other actors run between a read and the write that depends on it); a cut
+        process waits out the client's deadline."""
         sched, p = self.world.sched, self.proc
         if p.dead:
             raise SimKilled()
-        if sched.actor() is not None:
+        if write and sched.actor() is not None:
             sched.sleep(STORE_RTT_S)
         if self.world.net.blocked(p.node, ETCD):
             if sched.actor() is not None:
@@ -336,27 +346,27 @@ class StoreClient:
         return self.inner.get_prefix(prefix)
 
     def put(self, key: str, value: bytes, lease: int = 0) -> int:
-        self._enter()
+        self._enter(write=True)
         rev = self.inner.put(key, value, lease)
         self._wrote("put", [key])
         return rev
 
     def delete(self, key: str) -> bool:
-        self._enter()
+        self._enter(write=True)
         existed = self.inner.delete(key)
         if existed:
             self._wrote("delete", [key])
         return existed
 
     def delete_prefix(self, prefix: str) -> int:
-        self._enter()
+        self._enter(write=True)
         n = self.inner.delete_prefix(prefix)
         if n:
             self._wrote("delete", [prefix])
         return n
 
     def txn(self, compares: list[Compare], success: list[Op], failure: list[Op] | None = None) -> bool:
-        self._enter()
+        self._enter(write=True)
         held = self.inner.txn(compares, success, failure)
         ops = success if held else (failure or [])
         if ops:
@@ -370,7 +380,7 @@ class StoreClient:
         return self.txn([Compare.mod_at(key, expected_mod_revision)], [Put(key, value, lease)])
 
     def grant_lease(self, ttl: int, keepalive: bool = True, on_lost: Callable[[], None] | None = None) -> "ClientLease":
-        self._enter()
+        self._enter(write=True)
         lease = ClientLease(self, ttl, on_lost)
         if keepalive:
             lease.start_keepalive()
@@ -414,7 +424,7 @@ class ClientLease:
         return not self._lost and self._inner.alive
 
     def refresh(self) -> int:
-        self._client._enter()
+        self._client._enter(write=True)
         left = self._inner.refresh()
         if left:
             self._last_ok = self._client.clock.now()
@@ -422,7 +432,7 @@ class ClientLease:
 
     def revoke(self) -> None:
         self._keepalive = False
-        self._client._enter()
+        self._client._enter(write=True)
         self._inner.revoke()
 
     def start_keepalive(self) -> None:
@@ -466,8 +476,6 @@ class WorldHypervisor(SimHypervisor):
         w, sched = self.world, self.world.sched
         if self.caller.dead:
             raise SimKilled()
-        if sched.actor() is not None:
-            sched.sleep(LIBVIRT_RTT_S)
         node = w.nodes.get(self.name)
         if node is None:
             raise HostUnreachable(f"{self.uri}: unknown host")
@@ -486,10 +494,17 @@ class WorldHypervisor(SimHypervisor):
             return self._check()
         return self._host()
 
+    def _yield(self) -> None:
+        """Changes take a round trip: other actors run before one lands."""
+        sched = self.world.sched
+        if sched.actor() is not None:
+            sched.sleep(LIBVIRT_RTT_S)
+
     def _mutating(self, what: str, vm: str) -> None:
         self.world.observer("libvirt_write", {"proc": self.caller, "what": what, "vm": vm, "host": self.name})
 
     def define(self, xml: str) -> Any:
+        self._yield()
         info = super().define(xml)
         d = self._host().domains[info.name]
         if d.uuid != _uuid(info.name):
@@ -499,16 +514,19 @@ class WorldHypervisor(SimHypervisor):
         return info
 
     def start(self, name: str) -> None:
+        self._yield()
         super().start(name)
         self._mutating("start", name)
         self.world.observer("started", {"vm": name, "host": self.name, "by": self.caller.name})
         self.world._ran(name, self.name)
 
     def destroy(self, name: str) -> None:
+        self._yield()
         self._dom(name).state = DomainState.SHUTOFF
         self._mutating("destroy", name)
 
     def undefine(self, name: str) -> None:
+        self._yield()
         super().undefine(name)
         self.world.incoming.discard((self.name, name))
         self._mutating("undefine", name)
@@ -521,6 +539,7 @@ class WorldHypervisor(SimHypervisor):
     # ---------------------------------------------------------------- migration
     def migrate(self, name: str, dest_uri: str, params: MigrationParams) -> None:
         w = self.world
+        self._yield()
         d = self._dom(name)
         dst = dest_uri.removeprefix("sim://")
         what = f"migrate {name} {self.uri} -> {dest_uri}"
@@ -542,6 +561,8 @@ class WorldHypervisor(SimHypervisor):
             raise MigrationFailed(f"{what}: domain already active on the destination")
         fault = w.migration_faults.pop(name, "")
         floor = w.dirty_floor.get(name, 0.0) if fault != "no-converge" else 0.9
+        if params.auto_converge:
+            floor *= 0.3  # QEMU throttles the guest's vCPUs until the copy catches up
         job = Job(name, self.name, dst, d.memory_mib, float(params.bandwidth_mibs or w.cluster.bandwidth_mibs),
                   w.sched.now(), floor, fault, remaining_mib=float(d.memory_mib),
                   downtime_ms=params.max_downtime_ms or 300, done=SimEvent(w.sched))
@@ -600,11 +621,6 @@ def _run_job(w: World, job: Job) -> None:
             dnode = w.nodes[job.dst]
             dest_answers = dnode.powered and not dnode.frozen and dnode.libvirtd == "up" and not w.net.blocked(
                 job.src, libvirt(job.dst))
-            if job.fault == "hang-dest" and job.processed_mib >= job.memory_mib * 0.5 and dnode.libvirtd == "up":
-                job.fault = ""
-                w.libvirtd(job.dst, "hung")  # the lab's SIGSTOP of the destination's libvirtd
-                w.observer("fault", {"what": f"libvirtd on {job.dst} hangs mid-migration of {job.vm}"})
-                dest_answers = False
             if job.error is not None:
                 _drop_incoming(w, job, dest_answers)
                 return
@@ -635,6 +651,13 @@ def _run_job(w: World, job: Job) -> None:
             if job.handing_over or _copied(job):
                 job.handing_over = True
                 d.state = DomainState.PAUSED
+                if job.fault == "hang-dest":
+                    # the lab's SIGSTOP of the destination's libvirtd as the copy ends, SIGCONT 40 s later
+                    job.fault = ""
+                    w.libvirtd(job.dst, "hung")
+                    w.observer("fault", {"what": f"libvirtd on {job.dst} hangs at the hand-over of {job.vm} for 40s"})
+                    sched.call_at(sched.now() + HANG_DEST_S, lambda: _cont(w, job.dst))
+                    continue
                 # hand-over: the destination resumes, the source is undefined
                 del src.domains[job.vm]
                 w.incoming.discard((job.dst, job.vm))
@@ -651,6 +674,15 @@ def _run_job(w: World, job: Job) -> None:
     finally:
         w.jobs.pop(job.vm, None)
         job.done.set()
+
+
+HANG_DEST_S = 40.0
+
+
+def _cont(w: World, host: str) -> None:
+    if w.nodes[host].libvirtd == "hung":
+        w.libvirtd(host, "up")
+        w.observer("fault", {"what": f"libvirtd on {host} continues"})
 
 
 def _copied(job: Job) -> bool:
