@@ -43,7 +43,7 @@ def run_cmd(folder: str, update: bool) -> None:
               help="where failing schedules are written as scenario folders")
 @click.option("--shrink", "shrink_budget", type=click.IntRange(min=0), default=12, show_default=True,
               help="re-runs spent shrinking a failing schedule")
-@click.option("--disable", multiple=True, type=click.Choice(["lease-guard", "claims"]),
+@click.option("--disable", multiple=True, type=click.Choice(["fence", "lease-guard", "claims"]),
               help="switch a safety mechanism off (to see the search find it)")
 @click.option("--json", "as_json", is_flag=True, help="last line: one JSON object with the totals")
 def search_cmd(runs: int, seed: int, hosts: int, vms: int, duration: str, policy_path: str | None, out: str,

@@ -214,6 +214,16 @@ def start_replica(world: World, keys: Any, policy: Any, name: str, settings: dic
     return proc
 
 
+def without_fencing(policy: Any) -> Any:
+    """The policy with the fence dropped from the evidence a restart needs (teeth test only)."""
+    from dataclasses import replace
+
+    from drctl.policy.types import EvidenceKind
+
+    ev = policy.evidence
+    return replace(policy, evidence=replace(ev, required=ev.required - {EvidenceKind.FENCE}))
+
+
 def _unguard(loop: Any) -> None:
     """Switch off the lease guard on the leader's writes (the search's teeth test only)."""
     from drctl.store import Put

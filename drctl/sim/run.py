@@ -64,7 +64,8 @@ class Spec:
     restart_after_s: float | None = 5.0  # a crashed daemon is restarted (systemd); None = never
     bandwidth_mibs: float = 1024.0
     # safety mechanisms switched off on purpose, in the simulator only (the search's teeth
-    # test): "lease-guard" (the leader's writes), "claims" (one runner per intent)
+    # test): "fence" (the fencing proof before a restart), "lease-guard" (the leader's
+    # writes), "claims" (one runner per intent)
     disabled: tuple[str, ...] = ()
 
 
@@ -131,7 +132,10 @@ class Simulation:
         self.procs[p.name] = p
 
     def _start_replica(self, name: str) -> None:
-        p = daemons.start_replica(self.world, self.keys, self.spec.policy, name, guard_writes="lease-guard" not in self.spec.disabled)
+        policy = self.spec.policy
+        if "fence" in self.spec.disabled:
+            policy = daemons.without_fencing(policy)
+        p = daemons.start_replica(self.world, self.keys, policy, name, guard_writes="lease-guard" not in self.spec.disabled)
         p.on_crash = self._crashed
         self.procs[name] = p
 
