@@ -494,6 +494,16 @@ class WorldHypervisor(SimHypervisor):
             return self._check()
         return self._host()
 
+    def compare_cpu(self, cpu_xml: str) -> bool:
+        import xml.etree.ElementTree as ET
+
+        try:
+            root = ET.fromstring(cpu_xml)
+        except ET.ParseError:
+            return False
+        needed = {f.get("name", "") for f in root.iter("feature") if f.get("policy", "require") == "require"}
+        return needed <= self._check().cpu_features
+
     def _yield(self) -> None:
         """Changes take a round trip: other actors run before one lands."""
         sched = self.world.sched
@@ -722,12 +732,12 @@ class SimFenceAgent:
     def off(self, host: str) -> FenceResult:
         w = self.world
         mode, seconds = w.fence_modes.get(host, ("ok", 1.0))
+        w.observer("fence", {"proc": self.caller, "host": host})  # the request leaves now
         w.sched.sleep(seconds)
         if self.caller.dead:
             raise SimKilled()
         if mode == "fail":
             return FenceResult(host, self.name, False, f"fence_sim off {host}: BMC did not answer (simulated)")
-        w.observer("fence", {"proc": self.caller, "host": host})
         w.power_off(host, f"fenced by {self.caller.name}")
         w.fenced_at[host] = w.sched.now()
         return FenceResult(host, self.name, True, f"fence_sim: {host} is off")

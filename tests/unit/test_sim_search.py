@@ -56,3 +56,14 @@ def test_search_rejects_a_bad_duration_in_one_line(tmp_path: Path) -> None:
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == ["drctl: error: --duration: not a duration: 'ten' (expected e.g. "
                                                "'30s', '5m', '1h', '300ms')"]
+
+
+def test_lease_guard_switched_off_lets_a_deposed_leader_write() -> None:
+    """The leader, paused past its lease while its slow fence runs, writes the fence's result
+    when it continues: the lease guard refuses it; without the guard it lands (I4)."""
+    folder = Path(__file__).resolve().parents[1] / "scenarios" / "deposed-leader-fence-returns"
+    spec = scenario.load(folder)
+    guarded = Simulation(spec).run()
+    assert not [v for v in guarded.violations if v.invariant == "I4"]
+    unguarded = Simulation(replace(spec, disabled=("lease-guard",))).run(stop_on_violation=True)
+    assert [v.invariant for v in unguarded.violations] == ["I4"], unguarded.violations
