@@ -14,7 +14,9 @@ from drctl.sim import scenario
 from drctl.sim.run import Action, HostSpec, Result, Simulation, Spec, VmSpec
 
 # The configuration the search holds drctl to: fence before restarting (issue 12 #2 says
-# the defaults must too; `--policy` searches another).
+# the defaults must too), and a witness quorum of 2 - each host has 2 witnesses, and the
+# default quorum (a majority of all other hosts) never declares a host of a 5-host cluster
+# dead (issue 12 #0, scenario five-host-host-kill); `--policy` searches another.
 SEARCH_POLICY_YAML = """\
 version: 1
 name: sim-search
@@ -30,6 +32,7 @@ rules:
     action: live-migrate
 evidence:
   require: [lease-expired, witnesses, fence]
+  witness_quorum: 2
   fence_agent: sim
 limits:
   blast_radius: {max_hosts: 1, window: 5m}
@@ -155,7 +158,7 @@ def search(runs: int, seed: int, hosts: int = 5, vms: int = 20, duration_s: floa
     wall = time.perf_counter()
     for i in range(runs):
         run_seed = seed + i
-        spec = random_spec(run_seed, hosts, vms, duration_s, policy=policy, **overrides)
+        spec = random_spec(run_seed, hosts, vms, duration_s, policy=policy, **overrides)  # type: ignore[arg-type]
         r = Simulation(spec).run(stop_on_violation=True)
         s.runs += 1
         s.steps += r.steps

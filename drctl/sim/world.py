@@ -44,6 +44,7 @@ from drctl.store.memory import MemoryLease, MemoryStore
 
 ETCD = "etcd"
 STORE_RTT_S = 0.001
+READ_COST_PER_KEY_S = 20e-6  # a range read's transfer and decoding: a big read takes time
 STORE_TIMEOUT_S = 2.0  # a call to an etcd the network cut us from fails after this
 LIBVIRT_RTT_S = 0.001
 LIBVIRT_CALL_TIMEOUT_S = 5.0  # libvirt's keepalive gives up on a hung daemon after this
@@ -175,7 +176,7 @@ class World:
     # ------------------------------------------------------------------ observation
     def copies(self, vm: str) -> list[tuple[str, DomainState]]:
         """Live copies of a VM: running, or paused and not an incoming migration's target."""
-        out = []
+        out: list[tuple[str, DomainState]] = []
         for name, h in self.cluster.hosts.items():
             d = h.domains.get(vm)
             if d is None or not self.nodes[name].powered:
@@ -343,7 +344,15 @@ class StoreClient:
 
     def get_prefix(self, prefix: str) -> tuple[list[KV], int]:
         self._enter()
-        return self.inner.get_prefix(prefix)
+        kvs, rev = self.inner.get_prefix(prefix)
+        sched = self.world.sched
+        if sched.actor() is not None:
+            # what was read is on its way for a while: others act meanwhile, and a reader
+            # of a big cluster cannot re-read it a thousand times a simulated second
+            sched.sleep(STORE_RTT_S + READ_COST_PER_KEY_S * len(kvs))
+            if self.proc.dead:
+                raise SimKilled()
+        return kvs, rev
 
     def put(self, key: str, value: bytes, lease: int = 0) -> int:
         self._enter(write=True)
