@@ -43,10 +43,18 @@ class Action:
     do: str
     args: dict[str, Any] = field(default_factory=dict)
     for_s: float | None = None  # undo after this long (heal, thaw, restart...)
+    # "EVENT k=v ...": instead of at a fixed time, `at` seconds after the first audit event
+    # that matches (so a fault lands between two given steps whatever their timing)
+    after: str = ""
 
     def describe(self) -> str:
         a = " ".join(f"{k}={v}" for k, v in sorted(self.args.items()))
-        return f"{self.do} {a}".strip() + (f" for {self.for_s:g}s" if self.for_s is not None else "")
+        return (f"{self.do} {a}".strip() + (f" for {self.for_s:g}s" if self.for_s is not None else "")
+                + (f" after {self.after}" if self.after else ""))
+
+    def matches(self, ev: dict[str, Any]) -> bool:
+        name, *pairs = self.after.split()
+        return ev.get("event") == name and all(str(ev.get(k)) == v for k, v in (p.split("=", 1) for p in pairs))
 
 
 @dataclass(frozen=True)
@@ -103,6 +111,8 @@ class Simulation:
         self.checker = Checker(self.world, self.keys, [v.name for v in spec.vms], spec.recovery_bound_s, T0)
         self.operator = self.sched.new_process("operator", "operator", "operator")
         self.finished = False
+        self.triggers: list[Action] = []
+        self.faults_end = 0.0  # simulated seconds at which the last fault applied so far ends
 
     # ------------------------------------------------------------------ log
     def _t(self) -> str:
@@ -118,6 +128,9 @@ class Simulation:
         proc = str(ev.get("proc") or (actor.process.name if actor else "sim"))
         self.checker.audit({**ev, "proc": proc})
         name = str(ev.get("event"))
+        for a in [t for t in self.triggers if t.matches(ev)]:
+            self.triggers.remove(a)
+            self.sched.call_at(self.sched.now() + a.at, lambda a=a: self.apply(a))
         if name in QUIET_EVENTS:
             return
         fields = {k: v for k, v in ev.items() if k not in DROPPED_FIELDS}
@@ -233,14 +246,17 @@ class Simulation:
             raise ValueError(f"unknown action {do!r} (one of: {', '.join(ACTIONS)})")
         w.note_running()
         self.checker.dirty = True
+        self.faults_end = max(self.faults_end, self.sched.now() - T0 + (0.0 if undo else a.for_s or 0.0))
         if a.for_s is not None and not undo and do in UNDO:
-            back = Action(a.at + a.for_s, UNDO[do], a.args)
+            back = Action(self.sched.now() - T0 + a.for_s, UNDO[do], a.args)
             self.sched.call_at(T0 + back.at, lambda: self.apply(back, undo=True))
 
     def faults_stopped(self) -> float:
-        """Simulated time (since start) at which the last fault ended."""
-        ends = [a.at + (a.for_s or 0.0) for a in self.spec.timeline]
-        return max(ends, default=0.0)
+        """Simulated time (since start) at which the last fault ended (a trigger that never
+        fired counts as not stopping the faults before the end)."""
+        if self.triggers:
+            return self.spec.duration_s
+        return self.faults_end
 
     # ------------------------------------------------------------------ run
     def run(self, stop_on_violation: bool = False) -> Result:
@@ -256,7 +272,10 @@ class Simulation:
                 for i, c in enumerate(self.spec.controllers):
                     self.sched.call_at(T0 + 0.1 * (i + 1), lambda c=c: self._start_replica(c))
                 for a in self.spec.timeline:
-                    self.sched.call_at(T0 + a.at, lambda a=a: self.apply(a))
+                    if a.after:
+                        self.triggers.append(a)
+                    else:
+                        self.sched.call_at(T0 + a.at, lambda a=a: self.apply(a))
                 seen = 0
 
                 def after() -> None:

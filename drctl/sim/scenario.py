@@ -81,14 +81,18 @@ def load(folder: Path | str, seed: int | None = None) -> Spec:
     t = _load_yaml(tpath) if tpath.exists() else []
     for i, a in enumerate(t or ()):
         if not isinstance(a, dict) or "at" not in a or "do" not in a:
-            raise ConfigError(f"{tpath}: [{i}]: expected {{at: 20s, do: ACTION, ...}}")
+            raise ConfigError(f"{tpath}: [{i}]: expected {{at: 20s, do: ACTION, ...}} (at: seconds from the start, "
+                              f"or from the event named by `after`)")
         if a["do"] not in ACTIONS:
             raise ConfigError(f"{tpath}: [{i}].do: unknown action {a['do']!r} (one of: {', '.join(ACTIONS)})")
-        args = {k: v for k, v in a.items() if k not in ("at", "do", "for")}
+        args = {k: v for k, v in a.items() if k not in ("at", "do", "for", "after")}
         if a["do"] in HOST_ACTIONS and args.get("host") not in names:
             raise ConfigError(f"{tpath}: [{i}].host: unknown host {args.get('host')!r}")
+        after = a.get("after", "")
+        if after and (not isinstance(after, str) or any("=" not in p for p in after.split()[1:])):
+            raise ConfigError(f"{tpath}: [{i}].after: expected 'EVENT key=value ...', got {after!r}")
         timeline.append(Action(_seconds(tpath, f"[{i}].at", a["at"]), str(a["do"]), args,
-                               _seconds(tpath, f"[{i}].for", a["for"]) if "for" in a else None))
+                               _seconds(tpath, f"[{i}].for", a["for"]) if "for" in a else None, after or ""))
     opt = c.get
     return Spec(
         hosts=tuple(hosts), vms=tuple(vms), policy=policy, timeline=tuple(timeline),
@@ -128,6 +132,8 @@ def timeline_yaml(actions: tuple[Action, ...]) -> list[dict[str, Any]]:
         d: dict[str, Any] = {"at": f"{a.at:g}s", "do": a.do, **a.args}
         if a.for_s is not None:
             d["for"] = f"{a.for_s:g}s"
+        if a.after:
+            d["after"] = a.after
         out.append(d)
     return out
 

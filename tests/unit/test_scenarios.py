@@ -74,3 +74,6 @@ def test_bad_scenario_input_is_one_clear_line(tmp_path: Path) -> None:
     (bad / "timeline.yaml").write_text("- {at: soon, do: host-kill, host: h1}\n")
     with pytest.raises(ConfigError, match=r"timeline.yaml: \[0\]\.at: not a duration"):
         scenario.load(bad)
+    (bad / "timeline.yaml").write_text("- {after: fence.requested h1, at: 1s, do: host-kill, host: h1}\n")
+    with pytest.raises(ConfigError, match=r"timeline.yaml: \[0\]\.after: expected 'EVENT key=value \.\.\.'"):
+        scenario.load(bad)
