@@ -45,9 +45,11 @@ def run_cmd(folder: str, update: bool) -> None:
               help="re-runs spent shrinking a failing schedule")
 @click.option("--disable", multiple=True, type=click.Choice(["fence", "lease-guard", "claims"]),
               help="switch a safety mechanism off (to see the search find it)")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="schedules run at once, in worker processes")
 @click.option("--json", "as_json", is_flag=True, help="last line: one JSON object with the totals")
 def search_cmd(runs: int, seed: int, hosts: int, vms: int, duration: str, policy_path: str | None, out: str,
-               shrink_budget: int, disable: tuple[str, ...], as_json: bool) -> int:
+               shrink_budget: int, disable: tuple[str, ...], jobs: int, as_json: bool) -> int:
     """Random fault schedules, invariants after every step; exit 0 only with no violation."""
     from drctl.policy import compile_policy
     from drctl.policy.units import parse_duration
@@ -66,7 +68,7 @@ def search_cmd(runs: int, seed: int, hosts: int, vms: int, duration: str, policy
     policy = compile_policy(text, policy_path or "<sim-search>")
     summary = search(runs, seed, hosts, vms, seconds, policy=policy, policy_text=text, out=Path(out),
                      shrink_budget=shrink_budget, echo=lambda s: click.echo(s, err=not as_json),
-                     disabled=tuple(disable))
+                     jobs=jobs, disabled=tuple(disable))
     totals = summary.as_json()
     if as_json:
         click.echo(json.dumps(totals, sort_keys=True))

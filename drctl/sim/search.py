@@ -151,15 +151,31 @@ def shrink(spec: Spec, invariant: str, budget: int = 12) -> tuple[Spec, Result]:
     return best, best_result
 
 
+def _one(args: tuple[int, int, int, float, Policy | None, dict[str, object]]) -> tuple[int, Result]:
+    run_seed, hosts, vms, duration_s, policy, overrides = args
+    spec = random_spec(run_seed, hosts, vms, duration_s, policy=policy, **overrides)  # type: ignore[arg-type]
+    return run_seed, Simulation(spec).run(stop_on_violation=True)
+
+
 def search(runs: int, seed: int, hosts: int = 5, vms: int = 20, duration_s: float = 600.0,
            policy: Policy | None = None, policy_text: str = SEARCH_POLICY_YAML, out: Path | None = None,
-           shrink_budget: int = 12, echo: Callable[[str], None] = lambda _s: None, **overrides: object) -> Summary:
+           shrink_budget: int = 12, echo: Callable[[str], None] = lambda _s: None, jobs: int = 1,
+           **overrides: object) -> Summary:
+    """Run `runs` schedules (seeds seed..seed+runs-1), `jobs` at a time in worker processes;
+    every failing one is shrunk and written here, in seed order."""
     s = Summary()
     wall = time.perf_counter()
-    for i in range(runs):
-        run_seed = seed + i
+    work = [(seed + i, hosts, vms, duration_s, policy, dict(overrides)) for i in range(runs)]
+    if jobs > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            results = list(pool.map(_one, work))
+    else:
+        results = map(_one, work)  # type: ignore[assignment]
+    for run_seed, r in results:
         spec = random_spec(run_seed, hosts, vms, duration_s, policy=policy, **overrides)  # type: ignore[arg-type]
-        r = Simulation(spec).run(stop_on_violation=True)
         s.runs += 1
         s.steps += r.steps
         s.sim_seconds += r.sim_seconds

@@ -13,7 +13,9 @@ from pathlib import Path
 
 from drctl.sim import scenario
 from drctl.sim.run import Simulation
+from drctl.sim.sched import Scheduler
 from drctl.sim.search import random_spec, search
+from drctl.sim.world import World
 
 TEETH_BUDGET = 6  # schedules; the fence gate switched off is found at the 2nd (seed 101)
 
@@ -67,3 +69,56 @@ def test_lease_guard_switched_off_lets_a_deposed_leader_write() -> None:
     assert not [v for v in guarded.violations if v.invariant == "I4"]
     unguarded = Simulation(replace(spec, disabled=("lease-guard",))).run(stop_on_violation=True)
     assert [v.invariant for v in unguarded.violations] == ["I4"], unguarded.violations
+
+
+# ---------------------------------------------------------------- the scheduler under the search
+
+
+def _world() -> tuple[Scheduler, World]:
+    sched = Scheduler()
+    return sched, World(sched, seed=1)
+
+
+def test_a_killed_process_writes_nothing_on_its_way_out() -> None:
+    """SIGKILL runs no `finally`: a write there must not land."""
+    sched, world = _world()
+    proc = sched.new_process("p", "n1")
+    store = world.store_for(proc)
+
+    def body() -> None:
+        store.put("/a", b"before")
+        try:
+            sched.sleep(5.0)
+        finally:
+            store.put("/b", b"last words")
+
+    sched.spawn(proc, "main", body)
+    sched.run_until(sched.now() + 1.0)
+    sched.kill(proc)
+    sched.run_until(sched.now() + 10.0)
+    assert world.store.get("/a") is not None and world.store.get("/b") is None
+
+
+def test_a_paused_process_resumes_where_it_stopped_and_loses_its_lease() -> None:
+    sched, world = _world()
+    proc = sched.new_process("p", "n1")
+    store = world.store_for(proc)
+    seen: list[float] = []
+    leases: list[object] = []
+
+    def body() -> None:
+        leases.append(store.grant_lease(2))
+        for _ in range(6):
+            seen.append(round(sched.monotonic(), 3))
+            sched.sleep(1.0)
+
+    t0 = sched.now()
+    sched.spawn(proc, "main", body)
+    sched.run_until(t0 + 2.5)
+    sched.pause(proc)
+    sched.run_until(t0 + 10.0)
+    assert world.store.lease_ids() == []  # its keepalive is paused with it: the lease expired
+    sched.resume(proc)
+    sched.run_until(t0 + 20.0)
+    assert seen[:3] == [0.001, 1.001, 2.001] and seen[3] == 10.0 and seen[4] == 11.0
+    assert world.store.lease_ids() == []  # nobody kept it alive meanwhile
