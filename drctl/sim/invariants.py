@@ -157,12 +157,20 @@ class Checker:
         host = facts.last_host if facts else ""
         for k, kv in list(self.world.store._data.items()):
             if k.startswith(self.keys.incidents_prefix()):
-                inc = json.loads(kv.value)
+                try:
+                    inc = json.loads(kv.value)
+                except ValueError:
+                    continue
                 if inc.get("phase") == "needs-human" and inc.get("host") == host:
                     return True
             elif k.startswith(self.keys.intents_prefix()) and not k.startswith(self.keys.intent_claims_prefix()):
-                it = json.loads(kv.value)
-                if it.get("vm") == vm and it.get("state") == "failed":
+                try:
+                    it = json.loads(kv.value)
+                except ValueError:
+                    continue
+                # a failure reported since the VM went down (an older one says nothing about it)
+                if (it.get("vm") == vm and it.get("state") == "failed"
+                        and float(it.get("updated") or 0.0) >= self._down_since.get(vm, 0.0)):
                     return True
         return False
 
@@ -174,7 +182,10 @@ class Checker:
         for k, kv in sorted(self.world.store._data.items()):
             if not k.startswith(self.keys.incidents_prefix()):
                 continue
-            inc = json.loads(kv.value)
+            try:
+                inc = json.loads(kv.value)
+            except ValueError:
+                continue
             if inc.get("phase") not in ("closed", "needs-human"):
                 self._flag("I6", str(inc.get("id")), f"incident {inc.get('id')} ({inc.get('kind')} of "
                            f"{inc.get('host') or 'cluster'}) still {inc.get('phase')} {now - faults_stopped:.0f}s "
