@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from drctl.sim.sched import Process, Scheduler, SimEvent, SimExecutor, SimThreading
-from drctl.sim.world import SimFenceAgent, World
+from drctl.sim.world import NodeClock, SimFenceAgent, World
 
 PATCHED_MODULES = (
     "drctl.control.loop",
@@ -163,7 +163,8 @@ def start_agent(world: World, keys: Any, host: str, witnesses: int = 2) -> Proce
     probes = [build(libvirt_spec, connect, uri), HardwareProbe(world, host)]
     cfg = AgentConfig(host=host, libvirt_uri=uri, witnesses=witnesses, probes=(libvirt_spec,),
                       labels={"rack": f"rack-{host}"})
-    agent = Agent(cfg, world.store_for(proc), keys, connect, sched, probes=probes, background=False)
+    agent = Agent(cfg, world.store_for(proc), keys, connect, NodeClock(world, host), probes=probes,
+                  background=False)
     stop = SimEvent(sched)
     proc.data.update(agent=agent, stop=stop)
     sched.spawn(proc, "main", lambda: agent.run(stop))  # type: ignore[arg-type]
@@ -189,14 +190,15 @@ def start_replica(world: World, keys: Any, policy: Any, name: str, settings: dic
     store = world.store_for(proc)
     connect = world.connect_for(proc)
     quorum = opts.get("witness_quorum") or cc.witness_quorum or policy.evidence.witness_quorum
-    cache = _Cache(store, keys, quorum, sched)
-    runner = Runner(store, keys, cache.uris, lambda uri: connect(uri, 15), sched,
+    clock = NodeClock(world, name)
+    cache = _Cache(store, keys, quorum, clock)
+    runner = Runner(store, keys, cache.uris, lambda uri: connect(uri, 15), clock,
                     RunnerConfig(runner_id=name, limits=policy.limits, lease_ttl_s=cc.runner_lease_ttl_s),
                     host_state=cache.host)
     runner.uris = cache.uris  # as service.run does: hosts join as their agents publish
     runner._pool = SimExecutor(sched, "exec")  # type: ignore[assignment]
     loop = ControllerLoop(store, keys, policy, name, fence_agents={FENCE_AGENT: SimFenceAgent(world, FENCE_AGENT, proc)},
-                          clock=sched, lease_ttl=cc.lease_ttl_s, tick_interval_s=cc.tick_interval_s,
+                          clock=clock, lease_ttl=cc.lease_ttl_s, tick_interval_s=cc.tick_interval_s,
                           quorum=quorum, settings=Settings(stale_after_s=cc.stale_after_s,
                                                            reopen_after_s=cc.reopen_after_s))
     if not guard_writes:
@@ -242,7 +244,7 @@ def leader_key_of(proc: Process) -> str:
 class _Cache:
     """drctl.control.service.ClusterCache on the simulated clock."""
 
-    def __new__(cls, store: Any, keys: Any, quorum: Any, clock: Scheduler) -> Any:
+    def __new__(cls, store: Any, keys: Any, quorum: Any, clock: Any) -> Any:
         from drctl.control.service import ClusterCache
         from drctl.control.view import build_snapshot, read_cluster, verdicts_of
 

@@ -83,7 +83,8 @@ UNDO = {
     "controller-freeze": "controller-thaw", "cut": "heal", "partition": "heal-partition", "etcd-down": "etcd-up",
     "degrade": "recover-hardware", "drain": "undrain", "fence-mode": "fence-ok",
 }
-ACTIONS = sorted(set(UNDO) | set(UNDO.values()) | {"migration-fault", "autostart", "vm-crash", "store-put"})
+ACTIONS = sorted(set(UNDO) | set(UNDO.values()) | {"migration-fault", "autostart", "vm-crash", "store-put",
+                                                   "clock-drift"})
 
 
 @dataclass
@@ -229,6 +230,8 @@ class Simulation:
             w.migration_faults[str(g("vm"))] = str(g("fault", "fail"))
         elif do == "autostart":
             w.autostart.add(str(g("vm")))
+        elif do == "clock-drift":  # a machine's wall clock steps (node: a host or controller name)
+            w.drift[str(g("node"))] = float(g("seconds", 0.0))
         elif do == "vm-crash":
             w.crash_vm(str(g("vm")))
         elif do == "store-put":  # an operator (or an older/newer drctl) writes a record as is

@@ -148,6 +148,7 @@ class World:
         self.fenced_at: dict[str, float] = {}
         self.hardware: dict[str, str] = {}  # host -> healthy | degraded | failing (the sim probe)
         self.etcd_down = False
+        self.drift: dict[str, float] = {}  # node -> seconds its wall clock is off
         self.observer: Callable[[str, dict[str, Any]], None] = lambda _k, _d: None
 
     # ------------------------------------------------------------------ building
@@ -294,6 +295,26 @@ class World:
 
     def store_for(self, proc: Process) -> "StoreClient":
         return StoreClient(self, proc)
+
+
+class NodeClock:
+    """A machine's clock: the simulated time, its wall clock off by the node's drift
+    (monotonic time and waits are unaffected, as with NTP steps on a real host)."""
+
+    def __init__(self, world: World, node: str) -> None:
+        self._w, self._node = world, node
+
+    def now(self) -> float:
+        return self._w.sched.now() + self._w.drift.get(self._node, 0.0)
+
+    def monotonic(self) -> float:
+        return self._w.sched.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        self._w.sched.sleep(seconds)
+
+    def call_at(self, when: float, fn: Callable[[], None]) -> None:
+        self._w.sched.call_at(when - self._w.drift.get(self._node, 0.0), fn)
 
 
 def domain_xml(name: str, memory_mib: int, requires: tuple[str, ...] = ()) -> str:
