@@ -187,7 +187,9 @@ def escalation_steps(names: Iterable[str]) -> tuple[EscalationStep, ...]:
     """Steps named in a stored record, in order. Unknown names are skipped: the runner has
     always ignored steps it does not know, and a record must not fail to load over one."""
     known = {s.value: s for s in EscalationStep}
-    return tuple(known[str(n)] for n in names if str(n) in known)
+    # members count as their value: str() of a str-mixin member is "EscalationStep.ABORT"
+    values = (n.value if isinstance(n, EscalationStep) else str(n) for n in names)
+    return tuple(known[v] for v in values if v in known)
 
 
 @dataclass(frozen=True)

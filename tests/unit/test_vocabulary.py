@@ -48,6 +48,18 @@ def test_stored_intent_escalation_is_parsed_at_the_edge() -> None:
     assert IntentParams().escalation == DEFAULT_ESCALATION
 
 
+
+def test_escalation_given_as_members_is_kept() -> None:
+    """The runner hands the intent's parsed steps (members, not strings) to the stall
+    escalation: none may be dropped, or every stalled migration aborts at once."""
+    from drctl.model.cluster import escalation_steps
+    from drctl.runner.convergence import next_step
+
+    assert escalation_steps(DEFAULT_ESCALATION) == DEFAULT_ESCALATION
+    assert escalation_steps(["post-copy", EscalationStep.ABORT, "bogus"]) == (EscalationStep.POST_COPY,
+                                                                             EscalationStep.ABORT)
+    assert next_step(IntentParams().escalation, [], False) is EscalationStep.RAISE_DOWNTIME
+
 # ---------------------------------------------------------------- audit event names
 
 DRCTL = Path(__file__).resolve().parents[2] / "drctl"
