@@ -9,7 +9,6 @@ a background thread refreshes it every second so its runner can finish intents t
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -98,8 +97,9 @@ def run(cfg: Config, store: Store, stop: threading.Event, echo: Echo) -> None:
 
 def _refresh_forever(shared: SharedView, stop: threading.Event, every_s: float = 1.0) -> None:
     """Keep the view fresh while no loop does: a leading loop publishes one per tick, and
-    then this thread reads nothing."""
-    clock = SystemClock()
+    then this thread reads nothing. Time is the view's own clock (the simulator's, in
+    drctl sim)."""
+    clock = shared.clock
     while not stop.is_set():
         now = clock.now()
         if now - shared.latest.taken_at >= every_s:
@@ -111,17 +111,18 @@ def _refresh_forever(shared: SharedView, stop: threading.Event, every_s: float =
 
 
 def _run_runner(runner, stop: threading.Event, retry_s: float = 1.0) -> None:  # type: ignore[no-untyped-def]
-    """Run the runner until `stop`, through any etcd outage: paused once, resumed once."""
+    """Run the runner until `stop`, through any etcd outage: paused once, resumed once.
+    The pause is timed on the runner's clock."""
     paused_at: float | None = None
     while not stop.is_set():
         try:
             if paused_at is not None:
                 runner.run_pending()  # raises while the store is still away
-                audit.emit(events.RUNNER_RESUMED, paused_s=round(time.monotonic() - paused_at, 1))
+                audit.emit(events.RUNNER_RESUMED, paused_s=round(runner.clock.monotonic() - paused_at, 1))
                 paused_at = None
             runner.run_forever(stop)
         except DrctlError as e:  # etcd outage: report, wait, carry on
             if paused_at is None:
                 audit.warn(events.RUNNER_PAUSED, error=str(e))
-                paused_at = time.monotonic()
+                paused_at = runner.clock.monotonic()
             stop.wait(retry_s)

@@ -2,7 +2,7 @@
 daemon's API changes, this is the one place the simulator changes.
 
 The simulator runs the production code itself: `Agent.run`, `ControllerLoop.run` (election
-+ view + tick + guarded writes + fencing), and the replica's runner and cache threads from
++ view + tick + guarded writes + fencing), and the replica's runner and cluster-view threads from
 `drctl.control.service` (`_run_runner`, `_refresh_forever`). It never re-implements their
 decisions. What it substitutes, all here:
 
@@ -13,7 +13,8 @@ decisions. What it substitutes, all here:
   `time` in `drctl.health.probes` reads the simulated clock (probe latencies);
 - `libvirt_adapter.connect` (the loop's stale-copy removal) connects to the simulated host
   on behalf of the calling process;
-- `ClusterCache.refresh` reads the simulated clock (service.py uses the system clock).
+- the replica's shared view (`SharedView`) gets the machine's simulated clock, which the
+  view thread (`service._refresh_forever`) and the runner's pause timing read through it.
 
 The processes are wired as `drctl.control.service.run` and `drctl agent` wire them, with
 the simulated store client, hypervisor connections and fence agents in place of etcd,
@@ -176,11 +177,14 @@ def start_agent(world: World, keys: Any, host: str, witnesses: int = 2) -> Proce
 
 def start_replica(world: World, keys: Any, policy: Any, name: str, settings: dict[str, Any] | None = None,
                   guard_writes: bool = True) -> Process:
-    """One controller replica, wired as drctl.control.service.run wires it."""
+    """One controller replica, wired as drctl.control.service.run wires it: one shared
+    view (refreshed by the loop each tick, by the view thread while it does not lead), the
+    runner reading host URIs and states from it."""
     from drctl.config.controller import ControllerConfig
     from drctl.control import service
     from drctl.control.loop import ControllerLoop
     from drctl.control.tick import Settings
+    from drctl.control.view import SharedView, configured_quorum
     from drctl.runner.executor import Runner, RunnerConfig
 
     sched = world.sched
@@ -189,26 +193,25 @@ def start_replica(world: World, keys: Any, policy: Any, name: str, settings: dic
     proc = sched.new_process(name, name, "loop")
     store = world.store_for(proc)
     connect = world.connect_for(proc)
-    quorum = opts.get("witness_quorum") or cc.witness_quorum or policy.evidence.witness_quorum
+    quorum = opts.get("witness_quorum") or configured_quorum(cc.witness_quorum, policy)
     clock = NodeClock(world, name)
-    cache = _Cache(store, keys, quorum, clock)
-    runner = Runner(store, keys, cache.uris, lambda uri: connect(uri, 15), clock,
+    shared = SharedView(store, keys, quorum, clock=clock)
+    runner = Runner(store, keys, shared.uris, lambda uri: connect(uri, 15), clock,
                     RunnerConfig(runner_id=name, limits=policy.limits, lease_ttl_s=cc.runner_lease_ttl_s),
-                    host_state=cache.host)
-    runner.uris = cache.uris  # as service.run does: hosts join as their agents publish
+                    host_state=shared.host)
     runner._pool = SimExecutor(sched, "exec")  # type: ignore[assignment]
     loop = ControllerLoop(store, keys, policy, name, fence_agents={FENCE_AGENT: SimFenceAgent(world, FENCE_AGENT, proc)},
                           clock=clock, lease_ttl=cc.lease_ttl_s, tick_interval_s=cc.tick_interval_s,
-                          quorum=quorum, settings=Settings(stale_after_s=cc.stale_after_s,
-                                                           reopen_after_s=cc.reopen_after_s))
+                          quorum=quorum, shared=shared, settings=Settings(stale_after_s=cc.stale_after_s,
+                                                                          reopen_after_s=cc.reopen_after_s))
     if not guard_writes:
         _unguard(loop)
     stop = SimEvent(sched)
-    proc.data.update(loop=loop, runner=runner, cache=cache, stop=stop)
+    proc.data.update(loop=loop, runner=runner, shared=shared, stop=stop)
 
     def main() -> None:
-        cache.refresh()
-        sched.spawn(proc, "cache", lambda: service._refresh_forever(cache, stop), role="cache")  # type: ignore[arg-type]
+        shared.refresh(clock.now())
+        sched.spawn(proc, "cluster-view", lambda: service._refresh_forever(shared, stop), role="view")  # type: ignore[arg-type]
         sched.spawn(proc, "runner", lambda: service._run_runner(runner, stop), role="runner")  # type: ignore[arg-type]
         loop.run(stop)  # type: ignore[arg-type]
 
@@ -227,38 +230,27 @@ def without_fencing(policy: Any) -> Any:
 
 
 def _unguard(loop: Any) -> None:
-    """Switch off the lease guard on the leader's writes (the search's teeth test only)."""
-    from drctl.store import Put
+    """Switch off the lease guard on the leader's writes (the search's teeth test only):
+    every leadership this loop wins guards nothing, so each guarded write (incidents,
+    intents, the fence's record) lands whoever leads."""
+    from drctl.control.election import Leadership
 
-    def write(lead: Any, key: str, value: bytes) -> bool:
-        return bool(loop.store.txn([], [Put(key, value)]))
+    class Unguarded(Leadership):
+        def guard(self) -> list[Any]:
+            return []
 
-    loop._write = write
+    won = loop.election.wait_for_leadership
+
+    def wait_for_leadership(stop: Any, *args: Any, **kw: Any) -> Any:
+        lead = won(stop, *args, **kw)
+        return None if lead is None else Unguarded(lead.key, lead.term)
+
+    loop.election.wait_for_leadership = wait_for_leadership
 
 
 def leader_key_of(proc: Process) -> str:
     loop = proc.data.get("loop")
     return str(getattr(loop.election, "_key", "")) if loop is not None else ""
-
-
-class _Cache:
-    """drctl.control.service.ClusterCache on the simulated clock."""
-
-    def __new__(cls, store: Any, keys: Any, quorum: Any, clock: Any) -> Any:
-        from drctl.control.service import ClusterCache
-        from drctl.control.view import build_snapshot, read_cluster, verdicts_of
-
-        class SimClusterCache(ClusterCache):
-            def refresh(self) -> Any:
-                now = clock.now()
-                records = read_cluster(self.store, self.keys)
-                snap = build_snapshot(records, verdicts_of(records, self.keys, self.quorum, now), now)
-                with self._lock:
-                    self.snapshot = snap
-                    self.uris.update({h: str(inv["uri"]) for h, inv in records.inventories.items() if inv.get("uri")})
-                return snap
-
-        return SimClusterCache(store, keys, quorum)
 
 
 # ====================================================================== operator

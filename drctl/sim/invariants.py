@@ -10,16 +10,21 @@ I3  no intent is executed twice (the same intent and attempt started twice, or a
 I4  no write of a deposed leader is accepted: every store write, libvirt change and
     fence a controller loop makes lands while its election key is the lowest;
 I5  no VM is started on a new host without proof that its old copy is gone: the old host
-    was fenced after the VM last ran there, or its libvirtd answers and holds no live copy;
+    was fenced (or its fence agent said off) after the VM last ran there, or its libvirtd answers and holds no live copy;
 I6  after the faults stop, every incident ends or is marked needs-human within the bound.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
+from drctl.audit import events
+from drctl.control.intents import parse_intent
+from drctl.control.tick import Incident, IncidentPhase
+from drctl.control.view import parse_incident
 from drctl.hypervisor import DomainState
+from drctl.model.cluster import IntentState
+from drctl.model.records import RecordError
 from drctl.sim.daemons import leader_key_of
 from drctl.sim.sched import Process
 from drctl.sim.world import World
@@ -111,7 +116,7 @@ class Checker:
     # ------------------------------------------------------------------ audit events
     def audit(self, ev: dict[str, Any]) -> None:
         name = ev.get("event")
-        if name in ("migration.started", "vm.restarted"):
+        if name in (events.MIGRATION_STARTED, events.VM_RESTARTED):
             intent, attempt = str(ev.get("intent")), int(ev.get("attempt") or 0)
             key = (intent, attempt, str(name))
             if intent in self._terminal:
@@ -120,11 +125,11 @@ class Checker:
                 self._flag("I3", f"{intent}#{attempt}",
                            f"intent {intent} attempt {attempt}: {name} twice ({self._started[key]} and {ev.get('proc')})")
             self._started[key] = str(ev.get("proc"))
-        elif name == "intent.state_changed" and ev.get("to") in ("done", "failed", "aborted", "cancelled"):
+        elif name == events.INTENT_STATE_CHANGED and _terminal(ev.get("to")):
             self._terminal.add(str(ev.get("intent")))
-        elif name == "controller.froze":
+        elif name == events.CONTROLLER_FROZE:
             self.frozen = True
-        elif name == "controller.resumed":
+        elif name == events.CONTROLLER_RESUMED:
             self.frozen = False
 
     # ------------------------------------------------------------------ after every step
@@ -155,38 +160,45 @@ class Checker:
             return True
         facts = self.world.vm_facts.get(vm)
         host = facts.last_host if facts else ""
+        for inc in self._incidents():
+            if inc.phase is IncidentPhase.NEEDS_HUMAN and inc.host == host:
+                return True
         for k, kv in list(self.world.store._data.items()):
-            if k.startswith(self.keys.incidents_prefix()):
+            if k.startswith(self.keys.intents_prefix()) and not k.startswith(self.keys.intent_claims_prefix()):
                 try:
-                    inc = json.loads(kv.value)
-                except ValueError:
-                    continue
-                if inc.get("phase") == "needs-human" and inc.get("host") == host:
-                    return True
-            elif k.startswith(self.keys.intents_prefix()) and not k.startswith(self.keys.intent_claims_prefix()):
-                try:
-                    it = json.loads(kv.value)
-                except ValueError:
+                    it = parse_intent(k, kv.value)
+                except RecordError:
                     continue
                 # a failure reported since the VM went down (an older one says nothing about it)
-                if (it.get("vm") == vm and it.get("state") == "failed"
-                        and float(it.get("updated") or 0.0) >= self._down_since.get(vm, 0.0)):
+                if it.vm == vm and it.state is IntentState.FAILED and it.updated >= self._down_since.get(vm, 0.0):
                     return True
         return False
+
+    def _incidents(self) -> list[Incident]:
+        """Every incident record the store holds, parsed as the controller parses it
+        (unreadable ones are left out: the controller skips them too)."""
+        out = []
+        for k, kv in sorted(self.world.store._data.items()):
+            if k.startswith(self.keys.incidents_prefix()):
+                try:
+                    out.append(parse_incident(k, kv.value))
+                except RecordError:
+                    continue
+        return out
 
     def at_end(self, faults_stopped: float, settle_s: float) -> None:
         """I6: once the faults stopped `settle_s` ago, no incident may still be open."""
         now = self.world.sched.now()
         if now < faults_stopped + settle_s or self.frozen:
             return  # a frozen controller has asked for a human already
-        for k, kv in sorted(self.world.store._data.items()):
-            if not k.startswith(self.keys.incidents_prefix()):
-                continue
-            try:
-                inc = json.loads(kv.value)
-            except ValueError:
-                continue
-            if inc.get("phase") not in ("closed", "needs-human"):
-                self._flag("I6", str(inc.get("id")), f"incident {inc.get('id')} ({inc.get('kind')} of "
-                           f"{inc.get('host') or 'cluster'}) still {inc.get('phase')} {now - faults_stopped:.0f}s "
-                           f"after the faults stopped")
+        for inc in self._incidents():
+            if inc.phase not in (IncidentPhase.CLOSED, IncidentPhase.NEEDS_HUMAN):
+                self._flag("I6", inc.id, f"incident {inc.id} ({inc.kind.value} of {inc.host or 'cluster'}) still "
+                           f"{inc.phase.value} {now - faults_stopped:.0f}s after the faults stopped")
+
+
+def _terminal(state: object) -> bool:
+    try:
+        return IntentState(state).terminal
+    except ValueError:
+        return False

@@ -7,6 +7,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from drctl.audit import writer as audit
@@ -322,6 +323,8 @@ def _fields(fields: dict[str, Any]) -> str:
     out = []
     for k in sorted(fields):
         v = fields[k]
+        if isinstance(v, Enum):  # vocabularies print as the audit file has them (their value)
+            v = v.value
         s = v if isinstance(v, str) else json.dumps(v, sort_keys=True, separators=(",", ":"), default=str)
         if isinstance(v, str) and (not v or any(c in v for c in " =\"'")):
             s = json.dumps(v)

@@ -14,9 +14,9 @@ from drctl.sim import scenario
 from drctl.sim.run import Action, HostSpec, Result, Simulation, Spec, VmSpec
 
 # The configuration the search holds drctl to: fence before restarting (issue 12 #2 says
-# the defaults must too), and a witness quorum of 2 - each host has 2 witnesses, and the
-# default quorum (a majority of all other hosts) never declares a host of a 5-host cluster
-# dead (issue 12 #0, scenario five-host-host-kill); `--policy` searches another.
+# the defaults must too), and the default witness quorum (a majority of the host's own
+# witnesses, since issue 12 #0 was fixed; scenario five-host-host-kill); `--policy`
+# searches another.
 SEARCH_POLICY_YAML = """\
 version: 1
 name: sim-search
@@ -32,7 +32,6 @@ rules:
     action: live-migrate
 evidence:
   require: [lease-expired, witnesses, fence]
-  witness_quorum: 2
   fence_agent: sim
 limits:
   blast_radius: {max_hosts: 1, window: 5m}

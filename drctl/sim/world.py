@@ -773,5 +773,13 @@ class SimFenceAgent:
         return FenceResult(host, self.name, True, f"fence_sim: {host} is off")
 
     def status(self, host: str) -> PowerState:
-        node = self.world.nodes.get(host)
-        return PowerState.UNKNOWN if node is None else PowerState.ON if node.powered else PowerState.OFF
+        """The BMC's power state. "off" is a proof as good as a fence of our own (a new
+        leader resuming a fence asks status first, issue 12 #10): it counts for I5."""
+        w = self.world
+        node = w.nodes.get(host)
+        if node is None or w.fence_modes.get(host, ("ok", 0.0))[0] == "fail":
+            return PowerState.UNKNOWN  # a BMC that does not answer `off` does not answer `status`
+        if node.powered:
+            return PowerState.ON
+        w.fenced_at[host] = w.sched.now()
+        return PowerState.OFF

@@ -62,8 +62,9 @@ def test_search_rejects_a_bad_duration_in_one_line(tmp_path: Path) -> None:
 
 def test_lease_guard_switched_off_lets_a_deposed_leader_write() -> None:
     """The leader, paused past its lease while its slow fence runs, writes the fence's result
-    when it continues: the lease guard refuses it; without the guard it lands (I4)."""
-    folder = Path(__file__).resolve().parents[1] / "scenarios" / "deposed-leader-fence-returns"
+    when it continues, while the incident still waits in fencing (the new leader's fence is
+    slower): the lease guard refuses it; without the guard it lands (I4)."""
+    folder = Path(__file__).resolve().parents[1] / "scenarios" / "deposed-leader-fence-result"
     spec = scenario.load(folder)
     guarded = Simulation(spec).run()
     assert not [v for v in guarded.violations if v.invariant == "I4"]
