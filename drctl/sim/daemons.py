@@ -122,14 +122,18 @@ def _disable_claims(swap: Any) -> None:
     from drctl.store import Compare
 
     def claim(store: Any, keys: Any, intent_id: str, runner_id: str, lease_id: int) -> bool:
-        store.put(keys.intent_claim(intent_id), runner_id.encode(), lease=lease_id)
+        store.put(keys.intent_claim(intent_id), intents.claim_token(runner_id, lease_id), lease=lease_id)
         return True
 
-    def claim_guard(keys: Any, intent_id: str, runner_id: str) -> Any:
+    def claim_guard(keys: Any, intent_id: str, runner_id: str, lease_id: int) -> Any:
         return Compare.absent(keys.prefix + "sim/no-claim-guard")
+
+    def holds_claim(store: Any, keys: Any, intent_id: str, runner_id: str, lease_id: int) -> bool:
+        return True
 
     swap(intents, "claim", claim)
     swap(intents, "claim_guard", claim_guard)
+    swap(intents, "holds_claim", holds_claim)
 
 
 # ====================================================================== agent

@@ -565,6 +565,22 @@ class WorldHypervisor(SimHypervisor):
         self._dom(name).state = DomainState.SHUTOFF
         self._mutating("destroy", name)
 
+    def suspend(self, name: str) -> None:
+        self._yield()
+        super().suspend(name)
+        self._mutating("suspend", name)
+
+    def resume(self, name: str) -> None:
+        """A paused copy runs again: for I5 as much a start as `start` (the runner resumes
+        a source it held paused only once the destination's copy is gone)."""
+        self._yield()
+        paused = self._dom(name).state is DomainState.PAUSED
+        super().resume(name)
+        self._mutating("resume", name)
+        if paused and self._dom(name).state is DomainState.RUNNING:
+            self.world.observer("started", {"vm": name, "host": self.name, "by": self.caller.name})
+            self.world._ran(name, self.name)
+
     def undefine(self, name: str) -> None:
         self._yield()
         super().undefine(name)
