@@ -230,7 +230,7 @@ class Simulation:
         elif do == "migration-fault":
             w.migration_faults[str(g("vm"))] = str(g("fault", "fail"))
         elif do == "autostart":
-            w.autostart.add(str(g("vm")))
+            w.set_autostart(str(g("vm")))
         elif do == "clock-drift":  # a machine's wall clock steps (node: a host or controller name)
             w.drift[str(g("node"))] = float(g("seconds", 0.0))
         elif do == "vm-crash":

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from drctl.fencing.agents import FenceResult, PowerState
-from drctl.hypervisor import DomainState, JobStats, MigrationParams
+from drctl.hypervisor import DomainState, JobStats, MigrationParams, StateReason
 from drctl.hypervisor.sim import SimCluster, SimDomain, SimHost, SimHypervisor
 from drctl.model.errors import (
     HostUnreachable,
@@ -140,7 +140,6 @@ class World:
         self.jobs: dict[str, Job] = {}  # vm -> its migration
         self.incoming: set[tuple[str, str]] = set()  # (host, vm): an incoming migration's paused copy
         self.orphans: dict[tuple[str, str], str] = {}  # (host, vm) -> "destroy" | "resume" once libvirtd answers
-        self.autostart: set[str] = set()
         self.vm_facts: dict[str, VmFacts] = {}
         self.migration_faults: dict[str, str] = {}  # vm -> fail | lie | hang-dest | no-converge
         self.dirty_floor: dict[str, float] = {}
@@ -206,13 +205,18 @@ class World:
         h = self.cluster.hosts[host]
         h.up = False
         for d in h.domains.values():
-            d.state = DomainState.SHUTOFF  # persistent definitions stay on disk
+            # persistent definitions stay on disk; after the reboot libvirt knows no reason
+            d.state, d.reason = DomainState.SHUTOFF, StateReason.UNKNOWN
         for key in [k for k in self.incoming if k[0] == host]:
             self.incoming.discard(key)
             h.domains.pop(key[1], None)
         for job in list(self.jobs.values()):
             if host in (job.src, job.dst):
                 job.error = HostUnreachable(f"migration {job.vm} {job.src}->{job.dst}: {host} went away")
+            if job.src == host:
+                # the source's libvirtd died with the job: the destination's libvirtd drops
+                # the half-received guest once its keepalive gives up on the source
+                self.sched.call_at(self.sched.now() + SOURCE_KEEPALIVE_S, lambda job=job: self._source_gone(job))
         self.observer("power_off", {"host": host, "why": why})
         for p in self.sched.processes:
             if p.node == host and not p.dead:
@@ -225,11 +229,24 @@ class World:
         h.up, h.hung = True, False
         node.libvirtd_proc = self.sched.new_process(f"libvirtd@{host}", host, "libvirtd")
         for vm, d in sorted(h.domains.items()):
-            if vm in self.autostart and d.state is DomainState.SHUTOFF:
-                d.state = DomainState.RUNNING  # libvirt autostart at boot
+            if d.autostart and d.state is DomainState.SHUTOFF:
+                d.state, d.reason = DomainState.RUNNING, StateReason.NONE  # libvirt autostart at boot
                 self.observer("started", {"vm": vm, "host": host, "by": "autostart"})
                 self._ran(vm, host)
         return node.libvirtd_proc
+
+    def _source_gone(self, job: "Job") -> None:
+        if self.jobs.get(job.vm) is job:
+            del self.jobs[job.vm]
+        if (job.dst, job.vm) in self.incoming:
+            dnode = self.nodes[job.dst]
+            if dnode.powered and not dnode.frozen and dnode.libvirtd == "up":
+                self.incoming.discard((job.dst, job.vm))
+                self.cluster.hosts[job.dst].domains.pop(job.vm, None)
+            else:
+                self.orphans[(job.dst, job.vm)] = "destroy"
+        if job.done is not None:
+            job.done.set()
 
     def freeze(self, host: str, frozen: bool) -> None:
         node = self.nodes[host]
@@ -276,11 +293,19 @@ class World:
                 del h.domains[vm]
 
     def crash_vm(self, vm: str) -> None:
-        """The guest crashes (or someone destroys it) on a live host."""
+        """The guest's QEMU dies (SIGKILL, OOM killer) on a live host: libvirt shows it shut
+        off, reason crashed."""
         for name, h in self.cluster.hosts.items():
             d = h.domains.get(vm)
             if d is not None and d.state is DomainState.RUNNING and (name, vm) not in self.incoming:
-                d.state = DomainState.CRASHED
+                d.state, d.reason = DomainState.SHUTOFF, StateReason.CRASHED
+
+    def set_autostart(self, vm: str) -> None:
+        """libvirt autostart on the VM's current definition(s)."""
+        for h in self.cluster.hosts.values():
+            d = h.domains.get(vm)
+            if d is not None:
+                d.autostart = True
 
     # ------------------------------------------------------------------ etcd
     def etcd(self, up: bool) -> None:
@@ -562,8 +587,13 @@ class WorldHypervisor(SimHypervisor):
 
     def destroy(self, name: str) -> None:
         self._yield()
-        self._dom(name).state = DomainState.SHUTOFF
+        super().destroy(name)
         self._mutating("destroy", name)
+
+    def set_autostart(self, name: str, on: bool) -> None:
+        self._yield()
+        super().set_autostart(name, on)
+        self._mutating("set_autostart", name)
 
     def suspend(self, name: str) -> None:
         self._yield()
@@ -623,7 +653,8 @@ class WorldHypervisor(SimHypervisor):
                   w.sched.now(), floor, fault, remaining_mib=float(d.memory_mib),
                   downtime_ms=params.max_downtime_ms or 300, done=SimEvent(w.sched))
         w.jobs[name] = job
-        dest.domains[name] = replace(d, state=DomainState.PAUSED)
+        # like libvirt's PERSIST_DEST: the destination's definition starts without autostart
+        dest.domains[name] = replace(d, state=DomainState.PAUSED, autostart=False)
         w.incoming.add((dst, name))
         self._mutating("migrate", name)
         src_proc = w.nodes[self.name].libvirtd_proc
@@ -733,6 +764,7 @@ def _run_job(w: World, job: Job) -> None:
 
 
 HANG_DEST_S = 40.0
+SOURCE_KEEPALIVE_S = 30.0  # libvirt keepalive: 5 s x 5 missed, plus the connection's own timeout
 
 
 def _cont(w: World, host: str) -> None:
