@@ -16,7 +16,7 @@ import signal
 import subprocess
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Iterator
 
@@ -101,8 +101,23 @@ class LabState:
     def save(self, cfg: LabConfig) -> None:
         cfg.dir.mkdir(parents=True, exist_ok=True)
         tmp = cfg.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({**asdict(self), "hosts": {k: asdict(v) for k, v in self.hosts.items()}}, indent=2))
+        # The lab's ports and addresses go along, so a process given only the lab directory
+        # (the lab fence agent powering a host on) restarts its relay and agent on the right ones.
+        config = {k: v for k, v in asdict(cfg).items() if k != "dir"}
+        tmp.write_text(json.dumps({**asdict(self), "hosts": {k: asdict(v) for k, v in self.hosts.items()},
+                                   "config": config}, indent=2))
         tmp.replace(cfg.state_file)
+
+
+def lab_config_of(lab_dir: Path) -> LabConfig:
+    """The configuration the lab in `lab_dir` was brought up with (defaults where lab.json
+    predates recording it)."""
+    cfg = LabConfig(dir=lab_dir)
+    if not cfg.state_file.exists():
+        return cfg
+    recorded = json.loads(cfg.state_file.read_text()).get("config", {})
+    known = {f.name for f in fields(LabConfig)} - {"dir"}
+    return LabConfig(dir=lab_dir, **{k: v for k, v in recorded.items() if k in known})
 
 
 # ------------------------------------------------------------------ process helpers

@@ -105,9 +105,9 @@ class Lab:
     """What the agent does to a lab host (drctl/lab/cluster.py and agents.py do the work)."""
 
     def __init__(self, lab_dir: Path) -> None:
-        from drctl.lab.cluster import LabConfig, LabState
+        from drctl.lab.cluster import LabState, lab_config_of
 
-        self.cfg = LabConfig(dir=lab_dir)
+        self.cfg = lab_config_of(lab_dir)  # its etcd port and addresses, not the defaults
         self.state = LabState.load(self.cfg)
 
     def hosts(self) -> list[str]:

@@ -235,3 +235,16 @@ def test_run_in_process_prints_list_lines(host: FakeHost) -> None:
     out, err = io.StringIO(), io.StringIO()
     rc = fa.run(io.StringIO(f"action=list\nlab_dir={host.cfg.dir}\n"), out, err, {})
     assert rc == 0 and out.getvalue() == "labhost1,\n" and err.getvalue() == ""
+
+
+def test_the_agent_powers_a_host_on_with_the_labs_own_ports(tmp_path: Path) -> None:
+    # Found by a full lab run: `on` rebuilt the lab's configuration from its directory alone,
+    # so the test lab's host came back with a relay to etcd's default port 2379 instead of
+    # the lab's 23791, stayed unreachable, and froze every later test on the blast radius.
+    from drctl.lab.cluster import LabConfig, LabState, lab_config_of
+
+    cfg = LabConfig(dir=tmp_path, etcd_port=23791, etcd_peer_port=23801, addr_prefix="127.0.2",
+                    migration_port_base=50152)
+    LabState().save(cfg)
+    assert lab_config_of(tmp_path) == cfg
+    assert fa.Lab(tmp_path).cfg == cfg
