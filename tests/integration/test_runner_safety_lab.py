@@ -28,6 +28,7 @@ from drctl.hypervisor.libvirt_adapter import connect
 from drctl.lab import faults, guests
 from drctl.lab.cluster import LabConfig
 from drctl.lab.guest import last_tick, wait_ticking
+from drctl.model.proof import FenceBasis, FenceProof, proof_id
 from drctl.model.cluster import IntentKind, IntentState, Limits, Move
 from drctl.model.errors import DrctlError
 from drctl.runner.migration import Progress
@@ -219,7 +220,12 @@ def test_restart_whose_runner_was_killed_before_the_start_completes_once(rig: Ri
         hv.close()
     faults.inject(rig.lab, H1, "host-kill", echo=lambda _m: None)  # as if fenced: powered off
     offset = guests.console_path(rig.lab, "f1").stat().st_size
-    it = new_intent(Move("f1", H1, H2, kind=IntentKind.RESTART, reason="lab test f"), "inc-lab-f", 1,
+    # the fence proof the leader records once H1 is confirmed off: no restart intent is
+    # acted on without it (the restart gate, issue 12 case 1)
+    proof = FenceProof(proof_id("inc-lab-f", 1), H1, "inc-lab-f", 1, ("lease-expired", "witnesses"),
+                       FenceBasis.OFF, "lab", "off")
+    rig.store.put(rig.keys.fence_proof(H1), proof.to_json())
+    it = new_intent(Move("f1", H1, H2, kind=IntentKind.RESTART, reason="lab test f", proof=proof.id), "inc-lab-f", 1,
                     SystemClock().now(), IntentParams(), candidates=(H3,), memory_mib=128)
     assert intents.create_intents(rig.store, rig.keys, [replace(it, definition=xml)])
     child = subprocess.run([sys.executable, "-c", CHILD, rig.lab.etcd_endpoint, rig.store.prefix, it.id],
